@@ -1,0 +1,55 @@
+"""Result tables generated from run directories (never typed by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ensemblekit.run_dir import read_metrics
+
+COLUMNS: list[tuple[str, str, str]] = [
+    # (header, path in metrics.json, format)
+    ("method", "method", "s"),
+    ("M", "num_members", "d"),
+    ("params", "costs.params", ",d"),
+    ("FLOPs x single", "costs.inference_flops_vs_single", ".2f"),
+    ("train epoch-eq", "costs.train_epoch_equivalents", ".2f"),
+    ("train s", "costs.train_seconds", ".0f"),
+    ("acc %", "metrics.accuracy", "%"),
+    ("NLL", "metrics.nll", ".3f"),
+    ("ECE", "metrics.ece", ".3f"),
+    ("Brier", "metrics.brier", ".3f"),
+    ("member acc %", "metrics.member_accuracy_mean", "%"),
+    ("disagree", "metrics.disagreement", ".3f"),
+]
+
+
+def _get(record: dict[str, Any], path: str) -> Any:
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value != value:
+        return "-"
+    if spec == "%":
+        return f"{100 * value:.2f}"
+    return format(value, spec)
+
+
+def comparison_table(run_dirs: list[str | Path]) -> str:
+    """A Markdown table with one row per run directory (method, costs, accuracy, NLL, ECE, diversity)."""
+    header = "| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
+    sep = "|" + "---|" * (len(COLUMNS) + 1)
+    rows = [header, sep]
+    for run in run_dirs:
+        record = read_metrics(Path(run))
+        cells = [_fmt(_get(record, path), spec) for _, path, spec in COLUMNS]
+        rows.append(f"| {Path(run).name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,221 @@
+"""The ``ensemblekit`` command line: a thin layer over ``ensemblekit.runner``.
+
+Commands::
+
+    ensemblekit train CONFIG [--set k=v]... [--out DIR] [--resume] [--overwrite] [--quiet]
+    ensemblekit evaluate RUN_DIR [--split test|val]
+    ensemblekit describe CONFIG [--set k=v]... [--json]
+    ensemblekit compare RUN_DIR...
+    ensemblekit list models|methods|datasets
+    ensemblekit data check [--root DIR]
+
+Every error a user can cause ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ensemblekit.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ensemblekit", description="Low-cost deep ensembles: train, evaluate, compare.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train and evaluate a run")
+    t.add_argument("config", help="YAML config")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--out", help="run directory (default runs/<method>-<model>-<data>-<n>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("evaluate", help="evaluate a finished run; writes eval.json")
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    d = sub.add_parser("describe", help="build the ensemble and print its parameters and FLOPs")
+    d.add_argument("config")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
+    c.add_argument("run_dirs", nargs="+")
+
+    li = sub.add_parser("list", help="list registered models, methods or data sets")
+    li.add_argument("what", choices=["models", "methods", "datasets"])
+
+    da = sub.add_parser("data", help="data utilities")
+    da.add_argument("action", choices=["check"])
+    da.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    return p
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    out = []
+    for k, v in rows:
+        if isinstance(v, float):
+            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+        elif isinstance(v, int) and v >= 10000:
+            v = f"{v:,}"
+        out.append(f"{k.ljust(width)}  {v}")
+    return "\n".join(out)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ensemblekit.config import load_config
+    from ensemblekit.runner import default_out_dir, train
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else default_out_dir(cfg)
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    try:
+        record = train(cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except TrainingInterrupted as exc:
+        sets = "".join(f" --set {o}" for o in args.overrides)
+        print(
+            f"{exc}; checkpoint saved. Resume with: ensemblekit train {args.config}{sets} --out {out} --resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        m, c = record["metrics"], record["costs"]
+        print(f"run directory: {out}")
+        print(
+            _table(
+                [
+                    ("accuracy", m["accuracy"]),
+                    ("nll", m["nll"]),
+                    ("ece", m["ece"]),
+                    ("disagreement", m["disagreement"]),
+                    ("params", c["params"]),
+                    ("inference_flops_vs_single", c["inference_flops_vs_single"]),
+                    ("train_epoch_equivalents", c["train_epoch_equivalents"]),
+                    ("train_seconds", c["train_seconds"]),
+                ]
+            )
+        )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ensemblekit.runner import evaluate
+
+    record = evaluate(args.run_dir, args.split)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    m = record["metrics"]
+    keys = [
+        "accuracy",
+        "nll",
+        "ece",
+        "brier",
+        "member_accuracy_mean",
+        "disagreement",
+        "normalized_disagreement",
+    ]
+    keys += [k for k in ("calibrated_nll", "temperature") if k in m]
+    print(f"{record['method']} ({record['num_members']} members) on {args.split}")
+    print(_table([(k, m[k]) for k in keys if k in m]))
+    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from ensemblekit.config import load_config
+    from ensemblekit.runner import describe
+
+    info = describe(load_config(args.config, args.overrides))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(_table(list(info.items())))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ensemblekit.bench.tables import comparison_table
+
+    print(comparison_table(args.run_dirs))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from ensemblekit.models import list_models
+
+        names = list_models()
+    elif args.what == "methods":
+        from ensemblekit.methods import METHODS
+
+        names = [f"{n:16s} {METHODS.get(n).summary}" for n in METHODS.names()]
+    else:
+        from ensemblekit.data import list_datasets
+
+        names = list_datasets()
+    print("\n".join(names))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from ensemblekit.data import check_data
+
+    for entry in check_data(args.root):
+        found = entry.get("found")
+        line = f"{entry['dataset']:10s} "
+        if found:
+            line += (
+                f"found ({entry.get('format')}) at {entry.get('location')}: "
+                f"{entry.get('train_images')} train / {entry.get('test_images')} test, checksum {entry.get('checksum')}"
+            )
+        else:
+            line += f"not found ({entry.get('location') or 'looked in the data root'})"
+        print(line)
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "describe": _cmd_describe,
+    "compare": _cmd_compare,
+    "list": _cmd_list,
+    "data": _cmd_data,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ensemblekit`` command; returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Run configuration: YAML with sections ``data``, ``model``, ``method``, ``train``, ``runtime``.
+
+The file is validated with pydantic. Unknown keys, wrong types and unknown names (model, method, data
+set) are refused with one line naming the field. ``--set key.sub=value`` overrides any field; the value is
+parsed as YAML (``--set train.lr=0.05``, ``--set train.milestones=[5,10]``).
+
+Example:
+    >>> cfg = load_config(None, overrides=["model.name=resnet8", "train.epochs=1"])
+    >>> cfg.model.name, cfg.train.epochs
+    ('resnet8', 1)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ensemblekit.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which data, how much of it, and how batches are made."""
+
+    name: str = "cifar10"
+    root: str | None = None
+    train_size: int | None = Field(default=None, gt=0)
+    test_size: int | None = Field(default=None, gt=0)
+    val_size: int = Field(default=0, ge=0)
+    augment: bool = True
+    batch_size: int = Field(default=128, gt=0)
+    eval_batch_size: int = Field(default=500, gt=0)
+    seed: int = 0
+    download: bool = False
+
+
+class ModelConfig(_Section):
+    """The backbone: a registered model name and its options (``kwargs`` for family-specific ones)."""
+
+    name: str = "resnet20"
+    width: float | None = Field(default=None, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodConfig(BaseModel):
+    """The method's name, its number of members, and its own options (validated by the method)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = "deep_ensemble"
+    members: int | None = Field(default=None, gt=0)
+
+    def options(self) -> dict[str, Any]:
+        """The method-specific options (everything except ``name``; ``members`` only when set)."""
+        opts = dict(self.model_extra or {})
+        if self.members is not None:
+            opts["members"] = self.members
+        return opts
+
+
+class TrainConfig(_Section):
+    """The default training recipe; a method's stages start from it and change what their paper says."""
+
+    epochs: int = Field(default=10, ge=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5.0e-4, ge=0)
+    decay_bn_and_bias: bool = True
+    schedule: Literal["constant", "step", "cosine", "onecycle", "cyclic_cosine", "flat_linear"] = "cosine"
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    cycles: int = Field(default=1, gt=0)
+    min_lr: float = Field(default=0.0, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    member_loss: Literal["mean", "sum"] = "mean"
+    grad_clip: float | None = Field(default=None, gt=0)
+    max_steps_per_epoch: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted(cls, v: list[float]) -> list[float]:
+        if list(v) != sorted(v):
+            raise ValueError("milestones must be increasing")
+        return v
+
+
+class RuntimeConfig(_Section):
+    """Devices, precision and distribution (Lightning Fabric) and how members are executed."""
+
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
+    devices: int | str = 1
+    num_nodes: int = Field(default=1, gt=0)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed"] = "32-true"
+    member_execution: Literal["auto", "loop", "vmap"] = "auto"
+    num_threads: int | None = Field(default=None, gt=0)
+    deterministic: bool = False
+
+
+class Config(_Section):
+    """A whole run: ``data``, ``model``, ``method``, ``train``, ``runtime``."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    meta: dict[str, Any] | None = Field(default=None, description="written by ensemblekit into run configs")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    value = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config error: {loc}: {msg}{shown}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise UserError(f"bad --set {text!r}: expected key.sub=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise UserError(f"bad --set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise UserError(f"bad --set {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every read or parse problem into one-line ``UserError``."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"config path is a directory, not a file: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config {p}: {exc.__class__.__name__}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"config {p} is not valid YAML{at}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {p} must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a ``Config`` and check that names are registered."""
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err)) from None
+    check_names(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides and validate it."""
+    raw = read_yaml(path) if path is not None else {}
+    apply_overrides(raw, list(overrides or []))
+    return config_from_dict(raw)
+
+
+def check_names(cfg: Config) -> None:
+    """Refuse unknown model, method and data-set names, listing the valid ones."""
+    from ensemblekit.data import DATASETS
+    from ensemblekit.methods import METHODS
+    from ensemblekit.models import MODELS
+
+    for field, registry, name in (
+        ("model.name", MODELS, cfg.model.name),
+        ("method.name", METHODS, cfg.method.name),
+        ("data.name", DATASETS, cfg.data.name),
+    ):
+        if name not in registry:
+            raise UserError(
+                f"config error: {field}: unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}"
+            )
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """A plain, YAML-serialisable dict of the resolved config (method options included)."""
+    return cfg.model_dump(mode="json", exclude={"meta"})

@@ -1,0 +1,12 @@
+"""Methods: each registers how to build its ensemble and its recipe (``METHODS``)."""
+
+from ensemblekit.methods import deep_ensemble, mc_dropout, single  # noqa: F401  (registration)
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, build_method
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods."""
+    return METHODS.names()
+
+
+__all__ = ["METHODS", "Method", "MethodOptions", "build_method", "list_methods"]

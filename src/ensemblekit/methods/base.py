@@ -1,0 +1,110 @@
+"""The method contract: a registered name that builds an ensemble and describes its recipe.
+
+A method is a subclass of ``Method`` registered in ``METHODS``. It declares its options as a pydantic model
+(``Options``; unknown options are refused), builds the ensemble module (``build``), and returns the list of
+stages the engine runs (``recipe``). It never writes a training loop.
+
+Example:
+    >>> from ensemblekit.methods import METHODS
+    >>> sorted(METHODS.names())[:2]
+    ['deep_ensemble', 'mc_dropout']
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from ensemblekit.config import Config
+from ensemblekit.ensemble import Ensemble
+from ensemblekit.errors import UserError
+from ensemblekit.models import create_model
+from ensemblekit.registry import Registry
+from ensemblekit.training.stage import Stage
+
+METHODS = Registry("method")
+
+
+class MethodOptions(BaseModel):
+    """Options every method accepts; subclasses add theirs. Unknown options are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = 4
+
+
+class Method:
+    """Base class of every method.
+
+    Args:
+        cfg: The validated run configuration.
+        num_classes: Number of classes of the data set.
+        train_size: Number of training images (for budgets and bootstrap samples).
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    combine: ClassVar[str] = "probs"
+    summary: ClassVar[str] = ""
+
+    def __init__(self, cfg: Config, num_classes: int, train_size: int) -> None:
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.train_size = train_size
+        self.options = self.parse_options(cfg.method.options())
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> MethodOptions:
+        """Validate the method's options; one-line ``UserError`` naming the field otherwise."""
+        try:
+            return cls.Options.model_validate(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "extra_forbidden":
+                valid = ", ".join(sorted(cls.Options.model_fields))
+                raise UserError(
+                    f"config error: method.{field}: unknown option for {cls.name} (valid: {valid})"
+                ) from None
+            raise UserError(f"config error: method.{field}: {first['msg']} (got {first.get('input')!r})") from None
+
+    # -- what subclasses implement -------------------------------------------------------------
+    def build(self) -> Ensemble:
+        """Build the ensemble module with its final structure (stages only change values)."""
+        raise NotImplementedError
+
+    def recipe(self, ensemble: Ensemble) -> list[Stage]:
+        """The stages that train ``ensemble``."""
+        raise NotImplementedError
+
+    def state_modules(self, ensemble: Ensemble) -> dict[str, nn.Module]:
+        """Every module whose state a checkpoint must hold (the ensemble and any auxiliary networks)."""
+        return {"ensemble": ensemble}
+
+    # -- shared helpers ------------------------------------------------------------------------
+    def backbone(self, **overrides: Any) -> nn.Module:
+        """A fresh backbone as the config's ``model`` section describes it (overrides win)."""
+        m = self.cfg.model
+        kwargs: dict[str, Any] = dict(m.kwargs)
+        if m.width is not None:
+            kwargs["width"] = m.width
+        if m.dropout:
+            kwargs["dropout"] = m.dropout
+        kwargs.update(overrides)
+        return create_model(m.name, num_classes=self.num_classes, **kwargs)
+
+    def single_backbone(self) -> nn.Module:
+        """The single network the costs are compared against (the config's backbone, no dropout)."""
+        return self.backbone(dropout=0.0) if self.cfg.model.dropout else self.backbone()
+
+    def member_seed(self, i: int) -> int:
+        """Seed of member ``i``'s data order; member 0 of any method uses the same order as ``single``."""
+        return self.cfg.train.seed * 1000 + i
+
+
+def build_method(cfg: Config, num_classes: int, train_size: int) -> Method:
+    """Instantiate the configured method."""
+    cls = METHODS.get(cfg.method.name)
+    return cls(cfg, num_classes, train_size)

@@ -1,0 +1,209 @@
+"""CIFAR ResNets of depth 6n+2 (He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016).
+
+Architecture (paper section 4.2): a 3x3 conv stem with 16 filters, BN, ReLU; three stages of n
+post-activation basic blocks with 16, 32 and 64 filters (times ``width``), the first block of stages 2 and
+3 having stride 2; global average pooling and a linear classifier. No final BN (each block ends in ReLU).
+Shortcuts where a block changes shape: ``"projection"`` (1x1 conv + BN, the default) or ``"zero_pad"``
+(option A of the paper: subsample and append zero channels; resnet20 then has 269,722 parameters for 10
+classes, 272,474 with projections).
+
+Init (:mod:`ensemblekit.models.init`): Kaiming-normal fan_out convs, BN 1/0, PyTorch-default linear weight
+with zero bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ensemblekit.errors import UserError
+from ensemblekit.models.backbone import Backbone, ClassifierHead, ConvStem
+from ensemblekit.models.factory import LayerFactory, resolve_layers
+from ensemblekit.models.init import init_weights
+from ensemblekit.models.registry import FAMILIES, MODELS
+from ensemblekit.models.shortcuts import make_shortcut
+from ensemblekit.models.spec import ResNetSpec, scale_channels
+
+DEPTHS: tuple[int, ...] = (8, 14, 20, 32, 44, 56, 110)
+
+
+class BasicBlock(nn.Module):
+    """Post-activation basic block: ``relu(bn2(conv2(drop(relu(bn1(conv1(x)))))) + shortcut(x))``.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels of both convs.
+        stride: Stride of ``conv1`` and of the shortcut.
+        kernel_size: Odd kernel of both convs.
+        shortcut: ``"projection"`` or ``"zero_pad"`` (used only when the shape changes).
+        dropout: Rate of ``dropout`` between the convs (``None`` when 0).
+        bias: Whether convs have biases.
+        layers: The layer factory.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        kernel_size: int,
+        shortcut: str,
+        dropout: float,
+        bias: bool,
+        layers: LayerFactory,
+    ) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = layers.conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=bias)
+        self.bn1 = layers.batchnorm2d(out_channels)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.conv2 = layers.conv2d(out_channels, out_channels, kernel_size, padding=pad, bias=bias)
+        self.bn2 = layers.batchnorm2d(out_channels)
+        self.shortcut = make_shortcut(shortcut, in_channels, out_channels, stride, True, bias, layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[B, in, H, W]`` to ``[B, out, H / stride, W / stride]``."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        if self.dropout is not None:
+            out = self.dropout(out)
+        out = self.bn2(self.conv2(out))
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return self.relu(out + identity)
+
+
+def resnet_spec(
+    depth: int,
+    num_classes: int = 10,
+    *,
+    width: float = 1.0,
+    shortcut: str = "projection",
+    dropout: float = 0.0,
+    in_channels: int = 3,
+) -> ResNetSpec:
+    """The spec of a CIFAR ResNet of depth 6n+2.
+
+    Args:
+        depth: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...); n blocks per stage.
+        num_classes: Classifier outputs.
+        width: Channel multiplier for 16/32/64 (:func:`~ensemblekit.models.spec.scale_channels`).
+        shortcut: ``"projection"`` or ``"zero_pad"``.
+        dropout: Rate of the dropout between the two convs of every block.
+        in_channels: Input image channels.
+
+    Returns:
+        The spec.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise UserError(f"CIFAR ResNet depth must be 6n+2 >= 8 (e.g. {', '.join(map(str, DEPTHS))}), got {depth!r}")
+    channels = tuple(scale_channels(c, width) for c in (16, 32, 64))
+    return ResNetSpec(
+        family="resnet",
+        block="basic",
+        stem_channels=channels[0],
+        stage_blocks=((depth - 2) // 6,) * 3,
+        stage_channels=channels,
+        stage_strides=(1, 2, 2),
+        shortcut=shortcut,
+        dropout=dropout,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
+
+
+def build_resnet(spec: ResNetSpec, layers: LayerFactory | None = None) -> Backbone:
+    """Build a post-activation ResNet (family ``"resnet"``) from its spec.
+
+    Args:
+        spec: The architecture.
+        layers: The layer factory (default plain PyTorch layers).
+
+    Returns:
+        The initialised backbone; stage i is an ``nn.Sequential`` of :class:`BasicBlock`.
+    """
+    if spec.family != "resnet":
+        raise UserError(f"build_resnet needs family 'resnet', got {spec.family!r}")
+    layers = resolve_layers(layers)
+    stem = ConvStem(spec.in_channels, spec.stem_channels, spec.stem_kernel_size, True, spec.conv_bias, layers)
+    stages, in_ch = [], spec.stem_channels
+    for blocks, out_ch, stride in zip(spec.stage_blocks, spec.stage_channels, spec.stage_strides):
+        stage = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            stage.append(
+                BasicBlock(in_ch, out_ch, s, spec.kernel_size, spec.shortcut, spec.dropout, spec.conv_bias, layers)
+            )
+            in_ch = out_ch
+        stages.append(nn.Sequential(*stage))
+    head = ClassifierHead(in_ch, spec.num_classes, spec.final_bn, 0.0, layers)
+    model = Backbone(spec, stem, stages, head)
+    init_weights(model)
+    return model
+
+
+FAMILIES.add("resnet", build_resnet)
+
+
+@MODELS.register("resnet")
+def resnet(
+    num_classes: int = 10,
+    *,
+    depth: int = 20,
+    width: float = 1.0,
+    shortcut: str = "projection",
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    layers: LayerFactory | None = None,
+) -> Backbone:
+    """CIFAR ResNet of any depth 6n+2 (He et al. 2016a; post-activation basic blocks, no final BN).
+
+    Args:
+        num_classes: Classifier outputs.
+        depth: 6n+2 (n blocks in each of the 3 stages).
+        width: Multiplier of the 16/32/64 channels (rounded half up, at least 1).
+        shortcut: ``"projection"`` (1x1 conv + BN where the shape changes) or ``"zero_pad"`` (option A).
+        dropout: Rate of the dropout between the two convs of every block.
+        in_channels: Input image channels.
+        layers: Layer factory for every conv/BN/linear.
+
+    Returns:
+        The backbone.
+    """
+    spec = resnet_spec(
+        depth, num_classes, width=width, shortcut=shortcut, dropout=dropout, in_channels=in_channels
+    )
+    return build_resnet(spec, layers=layers)
+
+
+def _register(depth: int) -> None:
+    def factory(
+        num_classes: int = 10,
+        *,
+        width: float = 1.0,
+        shortcut: str = "projection",
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        layers: LayerFactory | None = None,
+    ) -> Backbone:
+        return resnet(
+            num_classes,
+            depth=depth,
+            width=width,
+            shortcut=shortcut,
+            dropout=dropout,
+            in_channels=in_channels,
+            layers=layers,
+        )
+
+    n = (depth - 2) // 6
+    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+    factory.__doc__ = (
+        f"CIFAR ResNet-{depth} (He et al. 2016a): {n} post-activation basic blocks per stage, channels "
+        "16/32/64 x width, no final BN; shortcut 'projection' (1x1 conv + BN, default) or 'zero_pad' "
+        f"(option A). Options: width, shortcut, dropout, in_channels, layers (see ``resnet``)."
+    )
+    MODELS.add(f"resnet{depth}", factory)
+
+
+for _depth in DEPTHS:
+    _register(_depth)

@@ -1,0 +1,137 @@
+"""Run directories: what ``ensemblekit train`` writes and how it is read back.
+
+Layout::
+
+    RUN_DIR/config.yaml          fully resolved config + versions and git commit (under ``meta``)
+    RUN_DIR/log.csv              one row per epoch
+    RUN_DIR/events.jsonl         stage starts/ends, resume, evaluation
+    RUN_DIR/checkpoints/last.pt  written atomically at the end of every epoch
+    RUN_DIR/model.pt             final ensemble weights
+    RUN_DIR/metrics.json         metrics, per-member metrics and costs
+    RUN_DIR/eval.json            written by ``ensemblekit evaluate``
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ensemblekit.config import Config, config_from_dict, config_to_dict, read_yaml
+from ensemblekit.errors import UserError
+from ensemblekit.training.checkpoint import atomic_write_bytes
+
+RUN_FILES = ("config.yaml", "log.csv", "events.jsonl", "checkpoints", "model.pt", "metrics.json", "eval.json")
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    """Path of the run's resumable checkpoint."""
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) an ensemblekit run."""
+    return any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check and create the output directory; never touch an existing run unless told to.
+
+    Raises:
+        UserError: the directory holds another run and neither ``resume`` nor ``overwrite`` is set; it holds
+            unrelated files; or ``resume`` is set but there is nothing to resume.
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other")
+    if resume:
+        if not checkpoint_path(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
+            raise UserError(f"nothing to resume in {run_dir}: no checkpoints/last.pt and config.yaml")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output path exists and is not a directory: {run_dir}")
+    if run_dir.is_dir() and holds_run(run_dir):
+        if not overwrite:
+            raise UserError(
+                f"{run_dir} already holds a run; use --resume to continue it, --overwrite to replace it, "
+                f"or another --out"
+            )
+        for name in RUN_FILES:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(f"output directory {run_dir} is not empty and holds no run; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_meta() -> dict[str, Any]:
+    """Package versions, git commit, host platform and time, stored with every run."""
+    import lightning
+    import numpy
+    import torch
+
+    import ensemblekit
+
+    return {
+        "ensemblekit": ensemblekit.__version__,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically."""
+    text = json.dumps(data, indent=2, default=float) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    """Write the resolved config with ``meta`` (versions, commit) to ``config.yaml``."""
+    data = config_to_dict(cfg)
+    data["meta"] = run_meta()
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write_bytes(run_dir / "config.yaml", lambda f: f.write(text.encode()))
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The resolved config of a run directory."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    return config_from_dict(read_yaml(path))
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """The ``metrics.json`` of a finished run."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no metrics.json (the run has not finished)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None

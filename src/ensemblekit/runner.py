@@ -1,0 +1,319 @@
+"""Train, evaluate and describe runs: the functions behind the CLI.
+
+``train(cfg, out)`` runs the whole pipeline: config -> data + backbone -> the method builds the ensemble ->
+the engine runs the method's stages -> metrics and costs -> run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ensemblekit.config import Config, config_to_dict
+from ensemblekit.data import DataBundle, load_data
+from ensemblekit.ensemble import Ensemble
+from ensemblekit.errors import UserError
+from ensemblekit.methods import Method, build_method
+from ensemblekit.metrics import (
+    TrainCostMeter,
+    calibrated_nll,
+    count_parameters,
+    ensemble_metrics,
+    inference_flops,
+    member_metrics,
+)
+from ensemblekit.run_dir import (
+    checkpoint_path,
+    prepare_run_dir,
+    read_run_config,
+    write_json,
+    write_run_config,
+)
+from ensemblekit.training.checkpoint import atomic_write_bytes, load_checkpoint
+from ensemblekit.training.engine import Engine
+from ensemblekit.training.evaluate import collect_member_probs
+from ensemblekit.training.progress import Progress
+
+MODEL_FORMAT = 1
+
+
+def make_fabric(cfg: Config):
+    """A launched Lightning Fabric for the config's ``runtime`` section."""
+    from lightning.fabric import Fabric
+
+    rt = cfg.runtime
+    if rt.num_threads is not None:
+        torch.set_num_threads(rt.num_threads)
+    accelerator = rt.accelerator
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = "32-true" if rt.precision == "32" else rt.precision
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fabric = Fabric(
+                accelerator=accelerator,
+                devices=rt.devices,
+                num_nodes=rt.num_nodes,
+                strategy=rt.strategy,
+                precision=precision,
+            )
+        except (ValueError, RuntimeError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise UserError(f"config error: runtime: {first}") from None
+        fabric.launch()
+    if rt.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return fabric
+
+
+def load_run_data(cfg: Config) -> DataBundle:
+    """The data bundle the config describes."""
+    d = cfg.data
+    return load_data(
+        d.name,
+        root=d.root,
+        train_size=d.train_size,
+        test_size=d.test_size,
+        val_size=d.val_size,
+        seed=d.seed,
+        download=d.download,
+    )
+
+
+def build_ensemble(cfg: Config, num_classes: int, train_size: int) -> tuple[Method, Ensemble]:
+    """The method and its freshly initialised ensemble (initialisation seeded by ``train.seed``)."""
+    method = build_method(cfg, num_classes, train_size)
+    state = torch.get_rng_state()
+    torch.manual_seed(cfg.train.seed)
+    try:
+        ensemble = method.build()
+    finally:
+        torch.set_rng_state(state)
+    if method.combine != "probs":
+        ensemble.combine = method.combine
+    return method, ensemble
+
+
+def describe_costs(method: Method, ensemble: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
+    """Parameters, unique parameters, inference FLOPs per image and FLOPs relative to the single backbone."""
+    with torch.random.fork_rng(devices=[]):
+        single = method.single_backbone()
+        shape = (1, *image_shape)
+        single_flops = inference_flops(single, shape)
+        flops = inference_flops(ensemble, shape)
+    counts = count_parameters(ensemble)
+    return {
+        "params": counts["params"],
+        "unique_params": counts["unique_params"],
+        "trainable_params": counts["trainable_params"],
+        "inference_flops": flops,
+        "single_inference_flops": single_flops,
+        "inference_flops_vs_single": flops / single_flops if single_flops else float("nan"),
+        "single_params": count_parameters(single)["unique_params"],
+    }
+
+
+def _num_classes_hint(cfg: Config) -> int | None:
+    return {"cifar10": 10, "cifar100": 100, "synthetic": 10}.get(cfg.data.name)
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """Build the ensemble without training and return its costs (the ``costs`` keys of ``metrics.json``)."""
+    num_classes = _num_classes_hint(cfg)
+    train_size = cfg.data.train_size or 50000
+    image_shape = (3, 32, 32)
+    if num_classes is None:
+        data = load_run_data(cfg)
+        num_classes, train_size = data.num_classes, len(data.train.labels)
+        image_shape = tuple(data.train.images.shape[1:])
+    method, ensemble = build_ensemble(cfg, num_classes, train_size)
+    costs = describe_costs(method, ensemble, image_shape)
+    return {
+        "method": cfg.method.name,
+        "backbone": cfg.model.name,
+        "num_members": ensemble.num_members,
+        "combine": ensemble.combine,
+        **costs,
+    }
+
+
+def evaluate_ensemble(ensemble: Ensemble, data: DataBundle, split: str, batch_size: int, fabric=None) -> dict[str, Any]:
+    """Metrics of ``ensemble`` on ``split``; with a validation split, also the temperature-scaled NLL."""
+    split_data = data.test if split == "test" else data.val
+    if split_data is None:
+        raise UserError(f"this run has no {split} split (data.val_size is 0)")
+    kw = {"mean": data.mean, "std": data.std, "batch_size": batch_size, "fabric": fabric}
+    probs, labels = collect_member_probs(ensemble, split_data, **kw)
+    metrics = ensemble_metrics(probs, labels, combine=ensemble.combine)
+    result: dict[str, Any] = {"split": split, "metrics": metrics, "members": member_metrics(probs, labels)}
+    if data.val is not None and split == "test":
+        from ensemblekit.metrics import combine_probs
+
+        val_probs, val_labels = collect_member_probs(ensemble, data.val, **kw)
+        cal = calibrated_nll(
+            combine_probs(val_probs, ensemble.combine),
+            val_labels,
+            combine_probs(probs, ensemble.combine),
+            labels,
+        )
+        metrics["calibrated_nll"] = cal["nll"]
+        metrics["temperature"] = cal["temperature"]
+    return result
+
+
+def save_model(path: Path, cfg: Config, ensemble: nn.Module) -> None:
+    """Write the final ensemble weights (loaded later with ``weights_only=True``)."""
+    state = {
+        "format": MODEL_FORMAT,
+        "method": cfg.method.name,
+        "backbone": cfg.model.name,
+        "state_dict": {k: v.detach().cpu() for k, v in ensemble.state_dict().items()},
+    }
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def load_model_into(path: Path, ensemble: nn.Module) -> None:
+    """Load ``model.pt`` weights into a freshly built ensemble."""
+    state = load_checkpoint(path)
+    if state.get("format") != MODEL_FORMAT or "state_dict" not in state:
+        raise UserError(f"{path} is not an ensemblekit model file")
+    try:
+        ensemble.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _same_run(a: Config, b: Config) -> bool:
+    da, db = config_to_dict(a), config_to_dict(b)
+    da.pop("runtime"), db.pop("runtime")
+    return da == db
+
+
+def train(
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    progress: str = "auto",
+) -> dict[str, Any]:
+    """Train and evaluate a run in ``out``; return what was written to ``metrics.json``.
+
+    With ``resume`` the run continues from ``out/checkpoints/last.pt`` with the run's own config (a different
+    config is refused).
+    """
+    run_dir = Path(out)
+    fabric = make_fabric(cfg)
+    error = None
+    if fabric.global_rank == 0:
+        try:
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            if resume:
+                saved = read_run_config(run_dir)
+                if not _same_run(saved, cfg):
+                    raise UserError(
+                        f"the config differs from the one {run_dir} was started with; resume without changes"
+                    )
+            else:
+                write_run_config(run_dir, cfg)
+        except UserError as exc:
+            error = str(exc)
+    if fabric.world_size > 1:
+        error = fabric.broadcast(error, src=0)
+    if error is not None:
+        raise UserError(error)
+
+    data = load_run_data(cfg)
+    method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
+    costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
+    ensemble.to(fabric.device)
+    modules = method.state_modules(ensemble)
+    for m in modules.values():
+        m.to(fabric.device)
+    torch.manual_seed(cfg.train.seed)
+    meter = TrainCostMeter(costs["single_inference_flops"], len(data.train.labels))
+    engine = Engine(
+        fabric,
+        data,
+        modules,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        augment=cfg.data.augment,
+        cost_meter=meter,
+        run_dir=run_dir,
+        progress=Progress("quiet" if quiet else progress),
+        max_steps_per_epoch=cfg.train.max_steps_per_epoch,
+    )
+    stages = method.recipe(ensemble)
+    engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)
+    engine.run(stages, resume_from=checkpoint_path(run_dir) if resume else None)
+
+    torch.manual_seed(cfg.train.seed + 1)  # stochastic evaluation (MC dropout) is reproducible
+    result = evaluate_ensemble(ensemble, data, "test", cfg.data.eval_batch_size, fabric)
+    train_costs = meter.summary()
+    record = {
+        "method": cfg.method.name,
+        "backbone": cfg.model.name,
+        "dataset": cfg.data.name,
+        "num_members": ensemble.num_members,
+        "combine": ensemble.combine,
+        "metrics": result["metrics"],
+        "members": result["members"],
+        "costs": {
+            "params": costs["params"],
+            "unique_params": costs["unique_params"],
+            "inference_flops": costs["inference_flops"],
+            "inference_flops_vs_single": costs["inference_flops_vs_single"],
+            "train_flops": train_costs["train_flops"],
+            "train_epoch_equivalents": train_costs["train_epoch_equivalents"],
+            "train_seconds": train_costs["train_seconds"],
+            "images_seen": train_costs["images_seen"],
+            "stages": train_costs["stages"],
+        },
+        "data": {
+            "train_size": len(data.train.labels),
+            "val_size": 0 if data.val is None else len(data.val.labels),
+            "test_size": len(data.test.labels),
+            "source": data.source,
+        },
+    }
+    if fabric.global_rank == 0:
+        save_model(run_dir / "model.pt", cfg, ensemble)
+        write_json(run_dir / "metrics.json", record)
+        engine.logger.event("train_end", metrics=result["metrics"])
+    return record
+
+
+def evaluate(run_dir: str | Path, split: str = "test", batch_size: int | None = None) -> dict[str, Any]:
+    """Re-evaluate a finished run from its ``config.yaml`` and ``model.pt``; write ``eval.json``."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    model_path = run_dir / "model.pt"
+    if not model_path.is_file():
+        raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
+    data = load_run_data(cfg)
+    _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
+    load_model_into(model_path, ensemble)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed + 1)
+        result = evaluate_ensemble(ensemble, data, split, batch_size or cfg.data.eval_batch_size)
+    record = {"run": str(run_dir), "method": cfg.method.name, "num_members": ensemble.num_members, **result}
+    write_json(run_dir / "eval.json", record)
+    return record
+
+
+def default_out_dir(cfg: Config) -> Path:
+    """``runs/<method>-<model>-<dataset>-<n>``: the first free name."""
+    base = Path(os.environ.get("ENSEMBLEKIT_RUNS", "runs"))
+    stem = f"{cfg.method.name}-{cfg.model.name}-{cfg.data.name}"
+    n = 0
+    while (base / f"{stem}-{n}").exists():
+        n += 1
+    return base / f"{stem}-{n}"

@@ -1,0 +1,334 @@
+"""The training engine: runs a method's stages with Lightning Fabric.
+
+Fabric owns devices, precision and distribution; the engine owns the loop, progress, logs, checkpoints at
+the end of every epoch (and on Ctrl-C), resume at the recorded stage/epoch/step, the non-finite-loss guard
+and the training cost meter. Everything random in an epoch is a function of the checkpointed state (model,
+optimiser, scheduler, RNG states) and of (stage data seed, epoch) for the data order and augmentation, so on
+CPU a killed and resumed run ends with weights bitwise equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ensemblekit.data import BatchLoader, DataBundle
+from ensemblekit.errors import UserError
+from ensemblekit.metrics import TrainCostMeter, ensemble_metrics
+from ensemblekit.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ensemblekit.training.evaluate import collect_member_probs
+from ensemblekit.training.logs import RunLogger
+from ensemblekit.training.losses import member_cross_entropy
+from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups
+from ensemblekit.training.progress import Progress
+from ensemblekit.training.stage import Stage, StageContext
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
+
+
+class Engine:
+    """Runs stages in order and keeps the run resumable.
+
+    Args:
+        fabric: A launched ``lightning.fabric.Fabric``.
+        data: The data bundle (train/val/test and normalisation).
+        modules: Every module whose state must be checkpointed, by name (at least ``{"ensemble": ...}``).
+        batch_size: Training batch size (per process).
+        eval_batch_size: Evaluation batch size.
+        augment: Random crop + flip on training batches.
+        cost_meter: The training cost meter to feed.
+        run_dir: Run directory (``None``: no logs and no checkpoints).
+        progress: Progress reporter.
+        max_steps_per_epoch: Optional cap on steps per epoch (smoke tests).
+    """
+
+    def __init__(
+        self,
+        fabric,
+        data: DataBundle,
+        modules: dict[str, nn.Module],
+        *,
+        batch_size: int,
+        eval_batch_size: int = 500,
+        augment: bool = True,
+        cost_meter: TrainCostMeter,
+        run_dir: str | Path | None = None,
+        progress: Progress | None = None,
+        max_steps_per_epoch: int | None = None,
+    ) -> None:
+        self.fabric = fabric
+        self.data = data
+        self.modules = modules
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.augment = augment
+        self.cost_meter = cost_meter
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.is_main = fabric.global_rank == 0
+        self.progress = progress if (progress is not None and self.is_main) else Progress("quiet")
+        self.logger = RunLogger(self.run_dir if self.is_main else None)
+        self.max_steps_per_epoch = max_steps_per_epoch
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
+        self._interrupted = False
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self._interrupted = True
+        self.progress.message("interrupt received: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, stage_index: int, epoch: int, step: int, opt, sched, acc: dict[str, float]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "stage_index": stage_index,
+            "epoch": epoch,
+            "step": step,
+            "modules": {name: m.state_dict() for name, m in self.modules.items()},
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "rng": capture_rng_state(),
+            "cost_meter": self.cost_meter.state_dict(),
+            "epoch_accumulators": acc,
+        }
+
+    def save(self, stage_index: int, epoch: int, step: int = 0, opt=None, sched=None, acc=None) -> None:
+        """Write ``checkpoints/last.pt`` atomically (rank 0 only)."""
+        if self.checkpoint_path is not None and self.is_main:
+            save_checkpoint(self.checkpoint_path, self._state(stage_index, epoch, step, opt, sched, acc or {}))
+        if self.fabric.world_size > 1:
+            self.fabric.barrier()
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Load a checkpoint into the modules and RNGs; return it for the optimiser/scheduler states."""
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT or "modules" not in state:
+            raise UserError(f"checkpoint {path} was not written by this version of ensemblekit")
+        for name, module in self.modules.items():
+            if name not in state["modules"]:
+                raise UserError(f"checkpoint {path} has no state for {name!r}")
+            try:
+                module.load_state_dict(state["modules"][name])
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise UserError(f"checkpoint {path} does not match this run's model ({first[:160]})") from None
+        self.cost_meter.load_state_dict(state["cost_meter"])
+        restore_rng_state(state["rng"])
+        return state
+
+    # ------------------------------------------------------------------ helpers
+    def train_loader(self, stage: Stage) -> BatchLoader:
+        """The training batches of a stage (its own data order; sharded across processes)."""
+        n = len(stage.train_indices) if stage.train_indices is not None else len(self.data.train.labels)
+        per_rank = n // self.fabric.world_size
+        return BatchLoader(
+            self.data.train,
+            self.batch_size,
+            mean=self.data.mean,
+            std=self.data.std,
+            shuffle=True,
+            augment=self.augment,
+            seed=stage.data_seed,
+            drop_last=per_rank % self.batch_size == 1,
+            device=self.fabric.device,
+            rank=self.fabric.global_rank,
+            world_size=self.fabric.world_size,
+            indices=stage.train_indices,
+        )
+
+    def _measure_flops(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward FLOPs per (unique) training image, measured without side effects on state or RNG."""
+        if stage.flops_per_image is not None:
+            return float(stage.flops_per_image)
+        rng = capture_rng_state()
+        module = stage.module
+        was_training = module.training
+        module.eval()
+        try:
+            xs, ys = x[:2], y[:2]
+            if stage.prepare_batch is not None:
+                xs, ys = stage.prepare_batch(xs, ys)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                module(xs)
+            return counter.get_total_flops() / min(2, len(x))
+        finally:
+            module.train(was_training)
+            restore_rng_state(rng)
+
+    def member_probs(self, module: nn.Module, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities ``[M, N, C]`` and labels of ``module`` on ``split`` (``test`` or ``val``)."""
+        data = self.data.test if split == "test" else self.data.val
+        if data is None:
+            raise UserError(f"no {split} split in this run (set data.val_size)")
+        return collect_member_probs(
+            module,
+            data,
+            mean=self.data.mean,
+            std=self.data.std,
+            batch_size=self.eval_batch_size,
+            fabric=self.fabric,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stages: list[Stage], resume_from: str | Path | None = None) -> None:
+        """Run ``stages`` in order, resuming from a checkpoint when given."""
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        start_stage, start_epoch, start_step, saved = 0, 0, 0, None
+        if resume_from is not None:
+            saved = self.load(resume_from)
+            start_stage, start_epoch, start_step = saved["stage_index"], saved["epoch"], saved["step"]
+            self.logger.event("resume", stage_index=start_stage, epoch=start_epoch, step=start_step)
+            self.progress.message(f"resuming at stage {start_stage + 1}/{len(stages)}, epoch {start_epoch}")
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
+        try:
+            for index in range(start_stage, len(stages)):
+                resume = saved if index == start_stage and saved is not None else None
+                first_epoch, first_step = (start_epoch, start_step) if resume else (0, 0)
+                self._run_stage(index, stages[index], resume, first_epoch, first_step)
+                self.save(index + 1, 0)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
+
+    def _run_stage(self, index: int, stage: Stage, saved: dict | None, start_epoch: int, start_step: int) -> None:
+        fabric = self.fabric
+        module = stage.module
+        ctx = StageContext(
+            stage=stage, stage_index=index, ensemble=self.modules["ensemble"], module=module, engine=self
+        )
+        self.cost_meter.start_stage(stage.name)
+        self.logger.event("stage_start", stage=stage.name, index=index, epochs=stage.epochs, start_epoch=start_epoch)
+        if stage.epochs > 0 and start_epoch < stage.epochs:
+            loader = self.train_loader(stage)
+            steps = len(loader) if self.max_steps_per_epoch is None else min(len(loader), self.max_steps_per_epoch)
+            if steps == 0:
+                raise UserError(f"stage {stage.name!r}: the training set is smaller than one batch")
+            groups = stage.param_groups(module) if stage.param_groups else default_param_groups(module, stage.optim)
+            optimizer = build_optimizer(groups, stage.optim)
+            scheduler = build_scheduler(optimizer, stage.schedule, steps, stage.epochs)
+            if saved is not None and saved.get("optimizer") is not None:
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+            wrapped, optimizer = fabric.setup(module, optimizer)
+            ctx.optimizer = optimizer
+            self.progress.start_stage(stage.name, stage.epochs, steps, start_epoch)
+            try:
+                for epoch in range(start_epoch, stage.epochs):
+                    acc = saved.get("epoch_accumulators", {}) if (saved and epoch == start_epoch) else {}
+                    first = start_step if epoch == start_epoch else 0
+                    self._run_epoch(ctx, wrapped, optimizer, scheduler, loader, epoch, steps, first, acc)
+            finally:
+                self.progress.end_stage()
+        ctx.epoch = stage.epochs
+        for hook in stage.hooks.at_end:
+            hook(ctx)
+        self.logger.event("stage_end", stage=stage.name, index=index, costs=self.cost_meter.summary()["stages"][-1])
+
+    def _run_epoch(self, ctx, wrapped, optimizer, scheduler, loader, epoch, steps, first_step, acc) -> None:
+        stage, fabric = ctx.stage, self.fabric
+        loader.set_epoch(epoch)
+        wrapped.train()
+        ctx.epoch = epoch
+        loss_sum = torch.tensor(acc.get("loss_sum", 0.0), dtype=torch.float64, device=fabric.device)
+        correct = torch.tensor(acc.get("correct", 0.0), dtype=torch.float64, device=fabric.device)
+        seen = int(acc.get("seen", 0))
+        t0, images, flops = time.perf_counter(), 0, None
+        ctx.global_step = epoch * steps + first_step
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            if step < first_step:
+                continue
+            if flops is None:
+                flops = self._measure_flops(stage, x, y)
+            batch = len(x)
+            if stage.prepare_batch is not None:
+                x, y = stage.prepare_batch(x, y)
+            out = wrapped(x)
+            loss = (
+                stage.loss(out, y)
+                if stage.loss is not None
+                else member_cross_entropy(out, y, stage.member_loss, stage.label_smoothing)
+            )
+            if not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}; "
+                    f"the last good checkpoint is kept"
+                    + (f" at {self.checkpoint_path}" if self.checkpoint_path else "")
+                )
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if stage.grad_clip is not None:
+                fabric.clip_gradients(wrapped, optimizer, max_norm=stage.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                logits = out.detach()
+                pred = (logits.float().softmax(-1).mean(0) if logits.dim() == 3 else logits).argmax(-1)
+                target = y if y.dim() == 1 else y[0]
+                if pred.shape == target.shape:
+                    correct += (pred == target).sum()
+                loss_sum += loss.detach().double() * len(target)
+                seen += len(target)
+            images += batch
+            self.cost_meter.add_step(batch * fabric.world_size, flops)
+            ctx.step, ctx.loss = step, None
+            ctx.global_step += 1
+            for hook in stage.hooks.after_step:
+                hook(ctx)
+            if self.progress.mode == "bar" and (step % 10 == 0 or step == steps - 1):
+                dt = max(1e-9, time.perf_counter() - t0)
+                self.progress.step(epoch, self._stats(loss_sum, correct, seen, optimizer, images / dt), 1)
+            elif self.progress.mode == "bar":
+                self.progress.step(epoch, None, 1)
+            if self._interrupted:
+                self.cost_meter.add_time(time.perf_counter() - t0)
+                acc_state = {"loss_sum": float(loss_sum), "correct": float(correct), "seen": seen}
+                self.save(ctx.stage_index, epoch, step + 1, optimizer, scheduler, acc_state)
+                raise TrainingInterrupted(f"interrupted in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}")
+        seconds = time.perf_counter() - t0
+        self.cost_meter.add_time(seconds)
+        stats = self._stats(loss_sum, correct, seen, optimizer, images / max(seconds, 1e-9))
+        if self.data.val is not None:
+            probs, labels = self.member_probs(stage.module, "val")
+            val = ensemble_metrics(probs, labels)
+            stats.update(val_accuracy=val["accuracy"], val_nll=val["nll"])
+        ctx.loss = stats["loss"]
+        for hook in stage.hooks.after_epoch:
+            hook(ctx)
+        self.progress.end_epoch(epoch, stats)
+        self.logger.epoch({"stage": stage.name, "epoch": epoch + 1, "seconds": seconds, **stats})
+        self.save(ctx.stage_index, epoch + 1, 0, optimizer, scheduler)
+
+    @staticmethod
+    def _stats(loss_sum, correct, seen, optimizer, img_s: float) -> dict[str, float]:
+        seen = max(1, seen)
+        return {
+            "loss": float(loss_sum) / seen,
+            "acc": float(correct) / seen,
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "img_s": img_s,
+        }

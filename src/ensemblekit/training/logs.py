@@ -1,0 +1,57 @@
+"""Run logs: per-epoch ``log.csv`` and a JSON-lines event log ``events.jsonl``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+LOG_FIELDS = [
+    "stage",
+    "epoch",
+    "loss",
+    "acc",
+    "lr",
+    "img_s",
+    "seconds",
+    "val_accuracy",
+    "val_nll",
+]
+
+
+class RunLogger:
+    """Appends epoch rows to ``log.csv`` and events to ``events.jsonl`` in a run directory.
+
+    A ``None`` directory (non-zero DDP ranks, library use without a run directory) logs nothing.
+    """
+
+    def __init__(self, run_dir: str | Path | None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch row to ``log.csv`` (header written once)."""
+        if self.run_dir is None:
+            return
+        path = self.run_dir / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in LOG_FIELDS})
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Append ``{"time", "event", ...}`` to ``events.jsonl``."""
+        if self.run_dir is None:
+            return
+        record = {"time": round(time.time(), 3), "event": kind, **fields}
+        with (self.run_dir / "events.jsonl").open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
