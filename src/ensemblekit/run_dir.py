@@ -92,9 +92,9 @@ def run_meta() -> dict[str, Any]:
 
     return {
         "ensemblekit": ensemblekit.__version__,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "numpy": numpy.__version__,
+        "torch": str(torch.__version__),
+        "lightning": str(lightning.__version__),
+        "numpy": str(numpy.__version__),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": _git_commit(),

@@ -211,6 +211,7 @@ def train(
     """
     run_dir = Path(out)
     fabric = make_fabric(cfg)
+    data = load_run_data(cfg)  # missing data is refused before anything is written
     error = None
     if fabric.global_rank == 0:
         try:
@@ -221,6 +222,7 @@ def train(
                     raise UserError(
                         f"the config differs from the one {run_dir} was started with; resume without changes"
                     )
+                load_checkpoint(checkpoint_path(run_dir))  # a corrupt checkpoint is refused before any write
             else:
                 write_run_config(run_dir, cfg)
         except UserError as exc:
@@ -230,7 +232,6 @@ def train(
     if error is not None:
         raise UserError(error)
 
-    data = load_run_data(cfg)
     method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
     ensemble.to(fabric.device)

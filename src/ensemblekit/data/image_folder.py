@@ -10,6 +10,7 @@ load only reads two ``.npy`` files per split.
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import sys
@@ -24,6 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from ensemblekit.data.cache import DecodeCache
 from ensemblekit.data.tensors import ImageTensors
 from ensemblekit.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
@@ -41,6 +44,7 @@ class FolderScan:
         labels: Per split, the label of each path.
         total_size: Sum of the file sizes in bytes.
         latest_mtime_ns: Latest modification time of any file.
+        names_digest: SHA-1 of the relative paths, in load order.
     """
 
     root: Path
@@ -75,7 +79,8 @@ def scan_image_folder(root: Path) -> FolderScan:
     """
     for split in SPLITS:
         if not (root / split).is_dir():
-            raise UserError(f"{root} is not an image folder: {root / split} is missing (expected {root}/{{train,test}}/<class>/*.jpg)")
+            layout = f"{root}/{{train,test}}/<class>/*.jpg"
+            raise UserError(f"{root} is not an image folder: {root / split} is missing (expected {layout})")
     scan = FolderScan(root=root, classes=_class_dirs(root / "train"))
     if not scan.classes:
         raise UserError(f"{root / 'train'} has no class folders (expected {root}/train/<class>/*.jpg)")
@@ -142,6 +147,7 @@ def decode_images(paths: list[str]) -> np.ndarray:
     """
     workers = _workers()
     if len(paths) < POOL_MIN_IMAGES or workers < 2:
+        parts = [paths]
         chunks = [_decode_chunk(paths)]
     else:
         step = -(-len(paths) // (4 * workers))
@@ -149,13 +155,39 @@ def decode_images(paths: list[str]) -> np.ndarray:
         method = "fork" if sys.platform == "linux" else None  # fork starts in milliseconds; workers only use Pillow
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
             chunks = list(pool.map(_decode_chunk, parts))
-    shapes = {chunk.shape[1:] for chunk in chunks}
-    if len(shapes) > 1:
-        raise UserError(f"images differ in size ({', '.join(sorted(str(s[:2]) for s in shapes))}); all images must share one size")
+    for part, chunk in zip(parts, chunks):
+        if chunk.shape[1:] != chunks[0].shape[1:]:
+            raise UserError(
+                f"images differ in size: {part[0]} is {chunk.shape[2]}x{chunk.shape[1]} but {paths[0]} is "
+                f"{chunks[0].shape[2]}x{chunks[0].shape[1]}; all images of an image-folder data set must have one size"
+            )
     return np.ascontiguousarray(np.concatenate(chunks).transpose(0, 3, 1, 2))
 
 
-def load_image_folder(root: Path, cache_dir: Path | None) -> tuple[ImageTensors, ImageTensors, bool]:
+def _decode_scan(scan: FolderScan) -> dict[str, np.ndarray]:
+    """Decode every split of ``scan`` in one pass; returns ``{split}_images`` and ``{split}_labels`` arrays."""
+    images = decode_images([path for split in SPLITS for path in scan.files[split]])
+    arrays, start = {}, 0
+    for split in SPLITS:
+        stop = start + len(scan.files[split])
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[start:stop], scan.labels[split]
+        start = stop
+    return arrays
+
+
+def _matches(arrays: dict[str, np.ndarray], scan: FolderScan) -> bool:
+    """Whether cached arrays have the shapes and labels that the scanned folder implies."""
+    try:
+        return all(
+            np.array_equal(arrays[f"{s}_labels"], scan.labels[s])
+            and arrays[f"{s}_images"].shape[0] == len(scan.files[s])
+            for s in SPLITS
+        )
+    except KeyError:
+        return False
+
+
+def load_image_folder(root: Path, cache_dir: Path | None) -> tuple[ImageTensors, ImageTensors]:
     """Load an image folder's train and test splits, from the decode cache when it is current.
 
     Args:
@@ -163,7 +195,7 @@ def load_image_folder(root: Path, cache_dir: Path | None) -> tuple[ImageTensors,
         cache_dir: Decode-cache root, or ``None`` to decode without caching.
 
     Returns:
-        ``(train, test, cache_hit)``.
+        ``(train, test)``.
 
     Raises:
         UserError: if the layout is wrong, an image cannot be decoded, or sizes differ.
@@ -172,18 +204,17 @@ def load_image_folder(root: Path, cache_dir: Path | None) -> tuple[ImageTensors,
     scan = scan_image_folder(root)
     cache = DecodeCache(cache_dir) if cache_dir is not None else None
     arrays = cache.load(root, scan.fingerprint) if cache is not None else None
-    hit = arrays is not None
-    if arrays is None:
-        arrays = {}
-        for split in SPLITS:
-            arrays[f"{split}_images"] = decode_images(scan.files[split])
-            arrays[f"{split}_labels"] = scan.labels[split]
-        if arrays["train_images"].shape[2:] != arrays["test_images"].shape[2:]:
-            raise UserError(f"train and test images of {root} differ in size; all images must share one size")
+    if arrays is not None and _matches(arrays, scan):
+        log.info("loaded %s from the decode cache %s", root, cache_dir)
+    else:
+        log.info("decoding %d images of %s", scan.num_files, root)
+        arrays = _decode_scan(scan)
         if cache is not None:
             cache.save(root, scan.fingerprint, arrays)
-    splits = [
-        ImageTensors(torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"]), list(scan.classes))
+    tensors = [
+        ImageTensors(
+            torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"]), list(scan.classes)
+        )
         for s in SPLITS
     ]
-    return splits[0], splits[1], hit
+    return tensors[0], tensors[1]

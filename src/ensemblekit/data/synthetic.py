@@ -85,7 +85,9 @@ def make_synthetic(num_images: int, split: str = "train") -> ImageTensors:
     for start in range(0, num_images, _CHUNK):
         stop = min(start + _CHUNK, num_images)
         draws = {
-            name: streams[name].random((stop - start, *shapes[name]), dtype=np.float32 if name == "noise" else np.float64)
+            name: streams[name].random(
+                (stop - start, *shapes[name]), dtype=np.float32 if name == "noise" else np.float64
+            )
             for name in streams
         }
         out[start:stop] = _images(patterns, labels[start:stop], draws)

@@ -60,9 +60,7 @@ def as_labels(labels: torch.Tensor, num_samples: int, num_classes: int, device: 
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
     labels = labels.to(device=device, dtype=torch.int64)
     if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
-        )
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
     return labels
 
 

@@ -125,17 +125,21 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
     beta = 1.0
     for _ in range(100):
         grad, curvature = _nll_derivatives(scores, y, beta)
+        if grad == 0.0:
+            break
         if grad > 0.0:
             hi = beta
         else:
             lo = beta
-        step = grad / curvature if curvature > 0.0 else math.inf
-        candidate = beta - step
+        candidate = math.nan
+        if curvature > 0.0:
+            step = grad / curvature
+            if abs(step) <= 1e-10 * beta:  # converged: the Newton step is below float precision of T
+                beta -= step
+                break
+            candidate = beta - step
         if not lo < candidate < hi:
             candidate = math.sqrt(lo * hi)  # bisection in log β keeps the relative precision
-        if abs(candidate - beta) <= 1e-12 * beta or grad == 0.0:
-            beta = candidate
-            break
         beta = candidate
     return 1.0 / beta
 

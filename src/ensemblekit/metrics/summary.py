@@ -3,8 +3,9 @@
 It reports the quality of the combined prediction, of each member, and the members' diversity.
 
 The input is what every method produces on an evaluation set: member probabilities ``[M, N, C]`` and
-labels ``[N]``. Everything is computed in ``float64`` with vectorised tensor operations (the pairwise
-terms as ``[M, M]`` matrices), so a ``[4, 10000, 100]`` input takes a fraction of a second on a CPU.
+labels ``[N]``. Sums run in ``float64`` (logarithms in float32 unless the input is float64, see
+:mod:`ensemblekit.metrics.classification`) with vectorised tensor operations, the pairwise terms as
+``[M, M]`` matrices, so a ``[4, 10000, 100]`` input takes about 0.05 s on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -53,9 +54,7 @@ MEMBER_METRIC_KEYS: tuple[str, ...] = ("accuracy", "nll", "ece", "brier")
 """The keys of each dict returned by :func:`member_metrics`."""
 
 
-def _prepare(
-    member_probs: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+def _prepare(member_probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     """Validated ``float64`` member probabilities, ``int64`` labels and the input's dtype."""
     probs = as_probabilities(member_probs, "member_probs", dims=3)
     p = probs.double()
@@ -92,9 +91,7 @@ def member_metrics(member_probs: torch.Tensor, labels: torch.Tensor) -> list[dic
     return [{key: quality[key][i] for key in MEMBER_METRIC_KEYS} for i in range(p.shape[0])]
 
 
-def ensemble_metrics(
-    member_probs: torch.Tensor, labels: torch.Tensor, combine: Combine = "probs"
-) -> dict[str, float]:
+def ensemble_metrics(member_probs: torch.Tensor, labels: torch.Tensor, combine: Combine = "probs") -> dict[str, float]:
     """Evaluate an ensemble from its members' probabilities: quality, member quality and diversity.
 
     The ensemble prediction p is p̄ = (1/M) Σ_i p_i for ``combine="probs"`` and
@@ -150,9 +147,7 @@ def ensemble_metrics(
     mutual_info = 0.0
     if num_members > 1:  # ≥ 0 by Jensen; the max only removes rounding noise
         member_entropy = entropy_per_sample(p, log_p)
-        mutual_info = max(
-            mutual_information_per_sample(member_entropy, mixture, mixture_log).mean().item(), 0.0
-        )
+        mutual_info = max(mutual_information_per_sample(member_entropy, mixture, mixture_log).mean().item(), 0.0)
 
     result = {
         "accuracy": ensemble["accuracy"].item(),

@@ -169,9 +169,7 @@ def resnet(
     Returns:
         The backbone.
     """
-    spec = resnet_spec(
-        depth, num_classes, width=width, shortcut=shortcut, dropout=dropout, in_channels=in_channels
-    )
+    spec = resnet_spec(depth, num_classes, width=width, shortcut=shortcut, dropout=dropout, in_channels=in_channels)
     return build_resnet(spec, layers=layers)
 
 

@@ -1,5 +1,7 @@
-"""VGG networks with BatchNorm for CIFAR (Simonyan & Zisserman, "Very Deep Convolutional Networks for
-Large-Scale Image Recognition", ICLR 2015; BN after every conv, Ioffe & Szegedy 2015).
+"""VGG with BatchNorm for CIFAR (Simonyan & Zisserman, "Very Deep Convolutional Networks...", ICLR 2015).
+
+Paper: "Very Deep Convolutional Networks for Large-Scale Image Recognition"; BN after every conv follows
+Ioffe & Szegedy (2015).
 
 Configurations A/B/D/E give ``vgg11``/``vgg13``/``vgg16``/``vgg19``: five stages of 3x3 conv-BN-ReLU layers
 (64, 128, 256, 512, 512 filters times ``width``), each stage ending in 2x2 max-pooling, so a 32x32 input

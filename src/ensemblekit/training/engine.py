@@ -137,6 +137,16 @@ class Engine:
         return state
 
     # ------------------------------------------------------------------ helpers
+    def sync_buffers(self) -> None:
+        """Give every process rank 0's buffers (BN running statistics differ per rank after DDP training)."""
+        if self.fabric.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        for module in self.modules.values():
+            for buf in module.buffers():
+                dist.broadcast(buf.data, src=0)
+
     def train_loader(self, stage: Stage) -> BatchLoader:
         """The training batches of a stage (its own data order; sharded across processes)."""
         n = len(stage.train_indices) if stage.train_indices is not None else len(self.data.train.labels)
@@ -199,7 +209,10 @@ class Engine:
         if resume_from is not None:
             saved = self.load(resume_from)
             start_stage, start_epoch, start_step = saved["stage_index"], saved["epoch"], saved["step"]
-            self.logger.event("resume", stage_index=start_stage, epoch=start_epoch, step=start_step)
+            dropped = self.logger.truncate_after(names, start_stage, start_epoch) if self.is_main else 0
+            self.logger.event(
+                "resume", stage_index=start_stage, epoch=start_epoch, step=start_step, dropped_rows=dropped
+            )
             self.progress.message(f"resuming at stage {start_stage + 1}/{len(stages)}, epoch {start_epoch}")
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
@@ -243,9 +256,12 @@ class Engine:
             finally:
                 self.progress.end_stage()
         ctx.epoch = stage.epochs
+        self.sync_buffers()
         for hook in stage.hooks.at_end:
             hook(ctx)
-        self.logger.event("stage_end", stage=stage.name, index=index, costs=self.cost_meter.summary()["stages"][-1])
+        self.logger.event(
+            "stage_end", stage=stage.name, index=index, costs=self.cost_meter.summary()["stages"].get(stage.name)
+        )
 
     def _run_epoch(self, ctx, wrapped, optimizer, scheduler, loader, epoch, steps, first_step, acc) -> None:
         stage, fabric = ctx.stage, self.fabric

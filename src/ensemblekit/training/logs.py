@@ -42,6 +42,26 @@ class RunLogger:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in LOG_FIELDS})
 
+    def truncate_after(self, stage_names: list[str], stage_index: int, epoch: int) -> int:
+        """Drop ``log.csv`` rows past (stage ``stage_index``, ``epoch``): a resumed run re-runs those epochs.
+
+        Returns:
+            The number of rows dropped.
+        """
+        if self.run_dir is None or not (self.run_dir / "log.csv").exists():
+            return 0
+        path = self.run_dir / "log.csv"
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        order = {name: i for i, name in enumerate(stage_names)}
+        keep = [r for r in rows if (order.get(r["stage"], len(order)), int(r["epoch"])) <= (stage_index, epoch)]
+        if len(keep) != len(rows):
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(keep)
+        return len(rows) - len(keep)
+
     def event(self, kind: str, **fields: Any) -> None:
         """Append ``{"time", "event", ...}`` to ``events.jsonl``."""
         if self.run_dir is None:

@@ -1,0 +1,92 @@
+"""Engine behaviour in-process: stages, hooks, costs, the non-finite-loss guard."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from ensemblekit.config import config_from_dict
+from ensemblekit.runner import train
+from ensemblekit.training.checkpoint import load_checkpoint
+from ensemblekit.training.engine import NonFiniteLossError
+from tests.conftest import tiny_config
+
+
+def test_single_run_writes_a_complete_run_directory(tmp_path):
+    cfg = config_from_dict(tiny_config(train={"epochs": 2}))
+    record = train(cfg, tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.csv", "events.jsonl", "checkpoints/last.pt", "model.pt", "metrics.json"):
+        assert (run / name).exists(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["method"] == "single" and saved["num_members"] == 1 and saved["dataset"] == "synthetic"
+    for key in ("accuracy", "nll", "ece", "brier", "disagreement", "normalized_disagreement"):
+        assert key in saved["metrics"]
+    costs = saved["costs"]
+    assert costs["inference_flops_vs_single"] == pytest.approx(1.0)
+    assert costs["params"] == costs["unique_params"] > 0
+    # 2 epochs of the single model on the whole training set = 2 epoch-equivalents
+    assert costs["train_epoch_equivalents"] == pytest.approx(2.0, rel=1e-6)
+    assert costs["images_seen"] == 2 * 192
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0]["stage"] == "train"
+    meta = (run / "config.yaml").read_text()
+    assert "torch:" in meta and "git_commit" in meta
+    assert record["metrics"]["accuracy"] == saved["metrics"]["accuracy"]
+
+
+def test_deep_ensemble_members_differ_and_cost_adds_up(tmp_path):
+    cfg = config_from_dict(tiny_config(method={"name": "deep_ensemble", "members": 3}, train={"epochs": 1}))
+    record = train(cfg, tmp_path / "run", quiet=True)
+    assert record["num_members"] == 3
+    assert record["costs"]["train_epoch_equivalents"] == pytest.approx(3.0, rel=1e-6)
+    assert record["costs"]["inference_flops_vs_single"] == pytest.approx(3.0)
+    assert record["costs"]["params"] == record["costs"]["unique_params"]
+    assert list(record["costs"]["stages"]) == ["member_0", "member_1", "member_2"]
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    first = next(k for k in state if k.startswith("members.0.") and state[k].dtype.is_floating_point)
+    other = first.replace("members.0.", "members.1.")
+    assert not torch.equal(state[first], state[other])
+
+
+def test_member_zero_of_a_deep_ensemble_equals_the_single_model(tmp_path):
+    single = train(config_from_dict(tiny_config(train={"epochs": 1})), tmp_path / "a", quiet=True)
+    ens = train(
+        config_from_dict(tiny_config(method={"name": "deep_ensemble", "members": 2}, train={"epochs": 1})),
+        tmp_path / "b",
+        quiet=True,
+    )
+    assert ens["members"][0]["accuracy"] == single["members"][0]["accuracy"]
+    assert ens["members"][0]["nll"] == pytest.approx(single["members"][0]["nll"], abs=0)
+
+
+def test_non_finite_loss_names_stage_epoch_and_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import ensemblekit.training.engine as engine_mod
+
+    calls = {"n": 0}
+    real = engine_mod.member_cross_entropy
+
+    def poisoned(out, y, *args):
+        calls["n"] += 1
+        loss = real(out, y, *args)
+        return loss * float("nan") if calls["n"] > 6 + 2 else loss  # 6 steps per epoch: fails in epoch 2
+
+    monkeypatch.setattr(engine_mod, "member_cross_entropy", poisoned)
+    cfg = config_from_dict(tiny_config(train={"epochs": 3}))
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg, tmp_path / "run", quiet=True)
+    message = str(info.value)
+    assert "stage 'train'" in message and "epoch 2" in message and "step 3" in message
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["stage_index"] == 0 and state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["modules"]["ensemble"].values() if v.is_floating_point())
+
+
+def test_mc_dropout_is_stochastic_at_test_time(tmp_path):
+    cfg = config_from_dict(tiny_config(method={"name": "mc_dropout", "members": 4, "dropout": 0.3}))
+    record = train(cfg, tmp_path / "run", quiet=True)
+    assert record["num_members"] == 4
+    assert record["costs"]["inference_flops_vs_single"] == pytest.approx(4.0)
+    assert record["costs"]["train_epoch_equivalents"] == pytest.approx(2.0, rel=1e-6)
+    assert record["metrics"]["pairwise_kl"] > 0
