@@ -60,6 +60,8 @@ class Engine:
         run_dir: Run directory (``None``: no logs and no checkpoints).
         progress: Progress reporter.
         max_steps_per_epoch: Optional cap on steps per epoch (smoke tests).
+        channels_last: Feed image batches in channels-last memory format (faster convolutions on CPU; the
+            modules must have been converted with ``.to(memory_format=torch.channels_last)``).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Engine:
         run_dir: str | Path | None = None,
         progress: Progress | None = None,
         max_steps_per_epoch: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.fabric = fabric
         self.data = data
@@ -88,6 +91,7 @@ class Engine:
         self.progress = progress if (progress is not None and self.is_main) else Progress("quiet")
         self.logger = RunLogger(self.run_dir if self.is_main else None)
         self.max_steps_per_epoch = max_steps_per_epoch
+        self.channels_last = channels_last
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
 
@@ -281,6 +285,8 @@ class Engine:
             if flops is None:
                 flops = self._measure_flops(stage, x, y)
             batch = len(x)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             if stage.prepare_batch is not None:
                 x, y = stage.prepare_batch(x, y)
             out = wrapped(x)

@@ -22,6 +22,7 @@ def collect_member_probs(
     std: tuple[float, ...],
     batch_size: int = 500,
     fabric=None,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities ``[M, N, C]`` (float32, CPU) of every member on every row of ``data``, and labels.
 
@@ -48,6 +49,8 @@ def collect_member_probs(
     probs, index = [], []
     try:
         for x, _, idx in loader.iter_with_index():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             probs.append(_member_logits(module, x).float().softmax(dim=-1))
             index.append(idx.to(device))
     finally:
@@ -62,4 +65,6 @@ def collect_member_probs(
     n = len(data.labels)
     out = torch.empty(p.shape[0], n, p.shape[-1], dtype=torch.float32)
     out[:, i.cpu()] = p.cpu()
+    if torch.unique(i).numel() != n:
+        raise RuntimeError(f"evaluation covered {torch.unique(i).numel()} of {n} rows")
     return out, data.labels.clone()
