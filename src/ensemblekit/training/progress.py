@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -12,6 +13,14 @@ def _fmt_eta(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+def _is_sized_terminal(stream: TextIO) -> bool:
+    """A terminal with a known width (a pseudo-terminal of width 0 would hide a bar entirely)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class Progress:
@@ -26,7 +35,7 @@ class Progress:
     def __init__(self, mode: str = "auto", stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         if mode == "auto":
-            mode = "bar" if hasattr(self.stream, "isatty") and self.stream.isatty() else "plain"
+            mode = "bar" if _is_sized_terminal(self.stream) else "plain"
         self.mode = mode
         self._bar: Any = None
         self._stage = ""
