@@ -126,3 +126,38 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"family={self.spec.family!r}"
+
+
+def build_residual_network(spec, block: type[nn.Module], stem_activation: bool, layers: LayerFactory) -> Backbone:
+    """Stem, stages of residual blocks and head from a ``ResNetSpec`` (shared by ResNet, pre-act ResNet, WRN).
+
+    Stage i holds ``spec.stage_blocks[i]`` blocks of ``block``; its first block has stride ``spec.stage_strides[i]``
+    and changes the width to ``spec.stage_channels[i]``.
+
+    Args:
+        spec: A ``ResNetSpec``.
+        block: The block class, called as ``block(in_ch, out_ch, stride, kernel_size, shortcut, dropout, conv_bias,
+            layers)``.
+        stem_activation: Whether the stem ends with BN-ReLU (post-activation nets) or is a bare conv.
+        layers: The layer factory.
+
+    Returns:
+        The initialised backbone.
+    """
+    from ensemblekit.models.init import init_weights
+
+    stem = ConvStem(
+        spec.in_channels, spec.stem_channels, spec.stem_kernel_size, stem_activation, spec.conv_bias, layers
+    )
+    stages, in_ch = [], spec.stem_channels
+    for blocks, out_ch, stride in zip(spec.stage_blocks, spec.stage_channels, spec.stage_strides):
+        stage = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            stage.append(block(in_ch, out_ch, s, spec.kernel_size, spec.shortcut, spec.dropout, spec.conv_bias, layers))
+            in_ch = out_ch
+        stages.append(nn.Sequential(*stage))
+    head = ClassifierHead(in_ch, spec.num_classes, spec.final_bn, 0.0, layers)
+    model = Backbone(spec, stem, stages, head)
+    init_weights(model)
+    return model

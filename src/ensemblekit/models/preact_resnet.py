@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from ensemblekit.errors import UserError
-from ensemblekit.models.backbone import Backbone, ClassifierHead, ConvStem
+from ensemblekit.models.backbone import Backbone, build_residual_network
 from ensemblekit.models.factory import LayerFactory, resolve_layers
-from ensemblekit.models.init import init_weights
 from ensemblekit.models.registry import FAMILIES, MODELS
 from ensemblekit.models.shortcuts import ZeroPadShortcut, make_shortcut
 from ensemblekit.models.spec import ResNetSpec, scale_channels
@@ -98,21 +97,7 @@ def build_preact_network(spec: ResNetSpec, layers: LayerFactory | None = None) -
     if spec.block != "preact_basic":
         raise UserError(f"a pre-activation network needs block 'preact_basic', got {spec.block!r}")
     layers = resolve_layers(layers)
-    stem = ConvStem(spec.in_channels, spec.stem_channels, spec.stem_kernel_size, False, spec.conv_bias, layers)
-    stages, in_ch = [], spec.stem_channels
-    for blocks, out_ch, stride in zip(spec.stage_blocks, spec.stage_channels, spec.stage_strides):
-        stage = []
-        for i in range(blocks):
-            s = stride if i == 0 else 1
-            stage.append(
-                PreActBlock(in_ch, out_ch, s, spec.kernel_size, spec.shortcut, spec.dropout, spec.conv_bias, layers)
-            )
-            in_ch = out_ch
-        stages.append(nn.Sequential(*stage))
-    head = ClassifierHead(in_ch, spec.num_classes, spec.final_bn, 0.0, layers)
-    model = Backbone(spec, stem, stages, head)
-    init_weights(model)
-    return model
+    return build_residual_network(spec, PreActBlock, False, layers)
 
 
 def build_preact_resnet(spec: ResNetSpec, layers: LayerFactory | None = None) -> Backbone:

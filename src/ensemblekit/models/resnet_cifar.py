@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from ensemblekit.errors import UserError
-from ensemblekit.models.backbone import Backbone, ClassifierHead, ConvStem
+from ensemblekit.models.backbone import Backbone, build_residual_network
 from ensemblekit.models.factory import LayerFactory, resolve_layers
-from ensemblekit.models.init import init_weights
 from ensemblekit.models.registry import FAMILIES, MODELS
 from ensemblekit.models.shortcuts import make_shortcut
 from ensemblekit.models.spec import ResNetSpec, scale_channels
@@ -124,21 +123,7 @@ def build_resnet(spec: ResNetSpec, layers: LayerFactory | None = None) -> Backbo
     if spec.family != "resnet":
         raise UserError(f"build_resnet needs family 'resnet', got {spec.family!r}")
     layers = resolve_layers(layers)
-    stem = ConvStem(spec.in_channels, spec.stem_channels, spec.stem_kernel_size, True, spec.conv_bias, layers)
-    stages, in_ch = [], spec.stem_channels
-    for blocks, out_ch, stride in zip(spec.stage_blocks, spec.stage_channels, spec.stage_strides):
-        stage = []
-        for i in range(blocks):
-            s = stride if i == 0 else 1
-            stage.append(
-                BasicBlock(in_ch, out_ch, s, spec.kernel_size, spec.shortcut, spec.dropout, spec.conv_bias, layers)
-            )
-            in_ch = out_ch
-        stages.append(nn.Sequential(*stage))
-    head = ClassifierHead(in_ch, spec.num_classes, spec.final_bn, 0.0, layers)
-    model = Backbone(spec, stem, stages, head)
-    init_weights(model)
-    return model
+    return build_residual_network(spec, BasicBlock, True, layers)
 
 
 FAMILIES.add("resnet", build_resnet)
