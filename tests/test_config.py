@@ -72,3 +72,10 @@ def test_bad_files(tmp_path, text, expected):
 def test_missing_file():
     with pytest.raises(UserError, match="config file not found"):
         load_config("does/not/exist.yaml")
+
+
+def test_method_options_are_checked_when_the_config_is_loaded():
+    with pytest.raises(UserError, match=r"method\.foo: unknown option for deep_ensemble"):
+        load_config(None, ["method.foo=1"])
+    with pytest.raises(UserError, match=r"method\.dropout"):
+        load_config(None, ["method.name=mc_dropout", "method.dropout=1.5"])

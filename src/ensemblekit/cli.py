@@ -3,7 +3,7 @@
 Commands::
 
     ensemblekit train CONFIG [--set k=v]... [--out DIR] [--resume] [--overwrite] [--quiet]
-    ensemblekit evaluate RUN_DIR [--split test|val]
+    ensemblekit evaluate RUN_DIR [--split test|val] [--json]
     ensemblekit describe CONFIG [--set k=v]... [--json]
     ensemblekit compare RUN_DIR...
     ensemblekit list models|methods|datasets

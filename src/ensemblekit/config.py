@@ -194,6 +194,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     except ValidationError as err:
         raise UserError(_format_validation_error(err)) from None
     check_names(cfg)
+    from ensemblekit.methods import METHODS
+
+    METHODS.get(cfg.method.name).parse_options(cfg.method.options())  # method options are checked at load time
     return cfg
 
 

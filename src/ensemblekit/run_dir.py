@@ -4,7 +4,7 @@ Layout::
 
     RUN_DIR/config.yaml          fully resolved config + versions and git commit (under ``meta``)
     RUN_DIR/log.csv              one row per epoch
-    RUN_DIR/events.jsonl         stage starts/ends, resume, evaluation
+    RUN_DIR/events.jsonl         train start/end, stage starts/ends, resume, evaluate
     RUN_DIR/checkpoints/last.pt  written atomically at the end of every epoch
     RUN_DIR/model.pt             final ensemble weights
     RUN_DIR/metrics.json         metrics, per-member metrics and costs

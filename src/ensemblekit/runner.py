@@ -320,7 +320,10 @@ def evaluate(run_dir: str | Path, split: str = "test", batch_size: int | None = 
     data = load_run_data(cfg)
     _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
     load_model_into(model_path, ensemble)
-    channels_last = use_channels_last(cfg, torch.device("cpu"))
+    wants_gpu = cfg.runtime.accelerator in ("auto", "cuda", "gpu")
+    device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+    ensemble.to(device)
+    channels_last = use_channels_last(cfg, device)
     if channels_last:
         ensemble.to(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):
@@ -328,6 +331,9 @@ def evaluate(run_dir: str | Path, split: str = "test", batch_size: int | None = 
         result = evaluate_ensemble(ensemble, data, split, batch_size or cfg.data.eval_batch_size, None, channels_last)
     record = {"run": str(run_dir), "method": cfg.method.name, "num_members": ensemble.num_members, **result}
     write_json(run_dir / "eval.json", record)
+    from ensemblekit.training.logs import RunLogger
+
+    RunLogger(run_dir).event("evaluate", split=split, device=str(device), metrics=result["metrics"])
     return record
 
 

@@ -90,3 +90,12 @@ def test_mc_dropout_is_stochastic_at_test_time(tmp_path):
     assert record["costs"]["inference_flops_vs_single"] == pytest.approx(4.0)
     assert record["costs"]["train_epoch_equivalents"] == pytest.approx(2.0, rel=1e-6)
     assert record["metrics"]["pairwise_kl"] > 0
+
+
+def test_validation_split_is_logged_every_epoch_and_gives_a_calibrated_nll(tmp_path):
+    cfg = config_from_dict(tiny_config(data={"val_size": 64}, train={"epochs": 2}))
+    record = train(cfg, tmp_path / "run", quiet=True)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 and float(r["val_nll"]) > 0 for r in rows)
+    assert record["data"]["val_size"] == 64 and record["data"]["train_size"] == 192
+    assert record["metrics"]["temperature"] > 0 and record["metrics"]["calibrated_nll"] > 0

@@ -8,9 +8,11 @@ passes are averaged. Cost: 1× training, S× inference, 1× parameters.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ensemblekit.ensemble import Ensemble
+from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS, Method, MethodOptions
 from ensemblekit.training.stage import Stage, stage_from_train
 
@@ -54,8 +56,8 @@ class MCDropoutOptions(MethodOptions):
         dropout: Dropout rate used when ``model.dropout`` is 0 (methods.md: 0.3 on CIFAR).
     """
 
-    members: int = 10
-    dropout: float = 0.3
+    members: int = Field(default=10, gt=0)
+    dropout: float = Field(default=0.3, gt=0.0, lt=1.0)
 
 
 @METHODS.register("mc_dropout")
@@ -68,6 +70,8 @@ class MCDropout(Method):
 
     def build(self) -> Ensemble:
         rate = self.cfg.model.dropout or self.options.dropout
+        if not rate:
+            raise UserError("config error: mc_dropout needs a dropout rate > 0 (method.dropout or model.dropout)")
         return MCDropoutEnsemble(self.backbone(dropout=rate), self.options.members)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:

@@ -201,6 +201,7 @@ class Engine:
             std=self.data.std,
             batch_size=self.eval_batch_size,
             fabric=self.fabric,
+            channels_last=self.channels_last,
         )
 
     # ------------------------------------------------------------------ the loop
@@ -336,7 +337,7 @@ class Engine:
         stats = self._stats(loss_sum, correct, seen, optimizer, images / max(seconds, 1e-9))
         if self.data.val is not None:
             probs, labels = self.member_probs(stage.module, "val")
-            val = ensemble_metrics(probs, labels)
+            val = ensemble_metrics(probs, labels, combine=getattr(stage.module, "combine", "probs"))
             stats.update(val_accuracy=val["accuracy"], val_nll=val["nll"])
         ctx.loss = stats["loss"]
         for hook in stage.hooks.after_epoch:
