@@ -103,7 +103,7 @@ class RuntimeConfig(_Section):
     num_nodes: int = Field(default=1, gt=0)
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed"] = "32-true"
-    member_execution: Literal["auto", "loop"] = "auto"
+    member_execution: Literal["auto", "loop", "packed"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_threads: int | None = Field(default=None, gt=0)
     deterministic: bool = False

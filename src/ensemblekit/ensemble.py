@@ -95,6 +95,22 @@ class MemberEnsemble(Ensemble):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x) for member in self.members], dim=0)
 
+    # Per-member parameters (the protocol of ensemblekit.analysis.interpolation).
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Copies of member ``i``'s parameters by name (for parameter-space interpolation)."""
+        return {name: p.detach().clone() for name, p in self.members[i].named_parameters()}
+
+    @torch.no_grad()
+    def load_member_state(self, i: int, state: dict[str, torch.Tensor]) -> None:
+        """Write a :meth:`member_state` dict into member ``i`` (shapes must match member i's parameters)."""
+        params = dict(self.members[i].named_parameters())
+        for name, value in state.items():
+            params[name].copy_(value)
+
+    def member_forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of member ``i`` alone."""
+        return self.members[i](x)
+
 
 @torch.no_grad()
 def predict(ensemble: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,9 @@ uncertainty-baselines' ``batchensemble.py``:
 With ``train.decay_bn_and_bias: false`` BN parameters and biases are not decayed either.
 
 Prediction: the input is tiled M times and p̄(y|x) = (1/M) Σ_i softmax(z_i(x)). Costs: parameters ≈ 1× (+ M·(in +
-out) per layer, + M·K classifier biases); inference and training FLOPs M× a single model per image.
+out) fast weights per layer, + (M − 1)·K classifier biases); inference and training FLOPs M× a single model per
+image. Execution: one convolution per layer over the folded batch; on CPU the convolutions' backward is the fused
+node of :mod:`ensemblekit.layers.batch_ensemble_fused` (``fused_backward``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class BatchEnsembleOptions(MethodOptions):
         fast_weight_std: Standard deviation of the normal init (0.5).
         random_sign_prob: Probability of +1 of the random-sign init.
         fast_lr_mult: Learning-rate multiplier of the fast weights and member biases (0.5 CIFAR, 0.25 ImageNet).
+        fused_backward: ``true``: every convolution is one autograd node whose backward gets the fast-weight
+            gradients from per-member weight gradients instead of full-size products (same values, half the
+            elementwise memory passes; :mod:`ensemblekit.layers.batch_ensemble_fused`); ``false``: plain
+            autograd; ``auto``: fused on CPU (measured ~12 % faster there), plain on GPUs (unmeasured).
     """
 
     members: int = Field(default=4, ge=1)
@@ -88,6 +94,7 @@ class BatchEnsembleOptions(MethodOptions):
     fast_weight_std: float = Field(default=0.5, gt=0)
     random_sign_prob: float = Field(default=0.5, ge=0, le=1)
     fast_lr_mult: float = Field(default=0.5, gt=0)
+    fused_backward: bool | Literal["auto"] = "auto"
 
 
 def batch_ensemble_param_groups(
@@ -136,11 +143,12 @@ class BatchEnsemble(Method):
     def layers(self) -> BatchEnsembleLayers:
         """The layer factory of this configuration."""
         o = self.options
-        return BatchEnsembleLayers(o.members, o.ensemble_bn, o.fast_weight_init, o.fast_weight_std, o.random_sign_prob)
+        return BatchEnsembleLayers(
+            o.members, o.ensemble_bn, o.fast_weight_init, o.fast_weight_std, o.random_sign_prob, o.fused_backward
+        )
 
     def build(self) -> Ensemble:
-        with torch.device("meta"):
-            spec = self.backbone().spec
+        spec = self.backbone().spec  # the configured architecture (a throwaway plain build)
         return BatchEnsembleNet(build_model(spec, layers=self.layers()), self.options.members)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:

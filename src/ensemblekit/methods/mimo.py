@@ -114,7 +114,8 @@ class MIMOOptions(MethodOptions):
 
     Attributes:
         members: Number of input slots / heads M (3).
-        input_repetition: Probability ρ that a row's slots hold the same image (0.0).
+        input_repetition: Fraction ρ of a step's rows whose slots all hold the same image (0.0; UB's
+            ``input_repetition_probability``).
         batch_repetitions: Times r each unique image appears in a step's rows (4); training costs r×.
     """
 
@@ -133,8 +134,7 @@ class MIMO(Method):
 
     def build(self) -> Ensemble:
         m = self.options.members
-        with torch.device("meta"):
-            spec = self.backbone().spec
+        spec = self.backbone().spec  # the configured architecture (a throwaway plain build)
         spec = dataclasses.replace(spec, in_channels=spec.in_channels * m, num_classes=spec.num_classes * m)
         return MIMOEnsemble(build_model(spec), m, spec.in_channels // m)
 

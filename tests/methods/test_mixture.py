@@ -1,0 +1,129 @@
+"""The ``mixture`` method: options, recipe (no weight decay on α), costs, and a run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ensemblekit.config import config_from_dict
+from ensemblekit.errors import UserError
+from ensemblekit.layers.template import TemplateLayer
+from ensemblekit.methods import build_method
+from ensemblekit.methods.mixture import AUTO_EXECUTION, build_mixture_ensemble
+from ensemblekit.metrics import count_parameters, inference_flops
+from ensemblekit.models import create_model
+from ensemblekit.runner import train
+from ensemblekit.training.optim import build_optimizer
+from tests.conftest import tiny_config
+
+SMALL_MODEL = {"name": "resnet20", "width": 0.5}  # resnet8 has a single multi-layer group: too few to share
+
+
+def _method(**method):
+    cfg = config_from_dict(tiny_config(model=SMALL_MODEL, method={"name": "mixture", **method}))
+    return build_method(cfg, num_classes=10, train_size=192)
+
+
+def test_run_end_to_end_writes_finite_metrics(tmp_path, monkeypatch):
+    import ensemblekit.training.engine as engine_mod
+
+    optimizers = []
+    real = engine_mod.build_optimizer
+    monkeypatch.setattr(engine_mod, "build_optimizer", lambda *a: optimizers.append(real(*a)) or optimizers[-1])
+    cfg = tiny_config(
+        model=SMALL_MODEL, method={"name": "mixture", "members": 2, "param_budget": 0.5}, train={"epochs": 1}
+    )
+    record = train(config_from_dict(cfg), tmp_path / "run", quiet=True)
+    (opt,) = optimizers
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay and all(v == 5e-4 for v in decay.values() if v != 0.0)
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    n_coefficients = sum(1 for k in state if k.endswith(".coefficients"))
+    assert n_coefficients > 0 and sum(1 for v in decay.values() if v == 0.0) == n_coefficients
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["num_members"] == 2 and saved["method"] == "mixture"
+    for key in ("accuracy", "nll", "ece", "brier"):
+        assert torch.isfinite(torch.tensor(saved["metrics"][key]))
+    assert len(saved["members"]) == 2
+    costs = record["costs"]
+    assert costs["params"] == costs["unique_params"]
+    assert costs["inference_flops_vs_single"] == pytest.approx(2.0, rel=0.05)
+    assert any(k.startswith("bank.groups.") for k in state)
+
+
+def test_recipe_trains_jointly_without_weight_decay_on_coefficients():
+    method = _method(members=3, param_budget=1.0)
+    ens = method.build()
+    (stage,) = method.recipe(ens)
+    assert stage.module is ens and stage.member_loss == "sum"
+    opt = build_optimizer(stage.param_groups(ens), stage.optim)
+    coefficients = {id(m.coefficients) for m in ens.modules() if isinstance(m, TemplateLayer)}
+    seen = []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            seen.append(id(p))
+            expected = 0.0 if id(p) in coefficients else method.cfg.train.weight_decay
+            assert group["weight_decay"] == expected
+    assert sorted(seen) == sorted(id(p) for p in ens.parameters())  # every parameter exactly once
+    assert coefficients and method.cfg.train.weight_decay > 0
+
+
+def test_member_loss_option_reaches_the_stage():
+    method = _method(member_loss="mean")
+    assert method.recipe(method.build())[0].member_loss == "mean"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"sharing": "tree"}, "sharing"),
+        ({"templates": 3}, "unknown option"),
+        ({"param_budget": 0}, "param_budget"),
+        ({"execution": "vmap"}, "execution"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_field(options, match):
+    with pytest.raises(UserError, match=match):
+        _method(**options)
+
+
+@pytest.mark.parametrize("execution", ["loop", "packed"])
+def test_costs_count_m_member_passes_and_unique_parameters(execution):
+    torch.manual_seed(0)
+    ens = build_mixture_ensemble(
+        lambda layers: create_model("resnet20", 10, width=0.5, layers=layers), 3, 1.0, execution=execution
+    )
+    single = create_model("resnet20", 10, width=0.5)
+    counts = count_parameters(ens)
+    report = ens.budget_report()
+    assert counts["params"] == counts["unique_params"] == report["unique_params"]
+    # FLOPs: M backbone passes (grouped convs counted per group) + forming the weights, 2*M*K*|θ| per layer
+    layers = [m for m in ens.modules() if isinstance(m, TemplateLayer)]
+    formation = sum(2 * 3 * m.num_sources * math.prod(m.shape) for m in layers)
+    assert inference_flops(ens) == 3 * inference_flops(single) + formation
+
+
+def test_auto_execution_is_chosen_per_device_and_densenet_is_never_packed():
+    torch.manual_seed(0)
+    ens = build_mixture_ensemble(lambda layers: create_model("resnet20", 10, width=0.25, layers=layers), 2, 1.0)
+    assert ens.resolve_execution(torch.device("cpu")) == AUTO_EXECUTION["cpu"]
+    assert ens.resolve_execution(torch.device("cuda")) == "packed"
+
+    def dense(layers):
+        return create_model("densenet_bc40_12", 10, layers=layers)
+
+    with torch.device("meta"):
+        assert build_mixture_ensemble(dense, 2, 1.0).resolve_execution(torch.device("cuda")) == "loop"
+        with pytest.raises(UserError, match="packed does not support densenet"):
+            build_mixture_ensemble(dense, 2, 1.0, execution="packed")
+
+
+def test_runtime_member_execution_loop_forces_the_loop_form():
+    cfg = config_from_dict(
+        tiny_config(model=SMALL_MODEL, method={"name": "mixture"}, runtime={"member_execution": "loop"})
+    )
+    assert build_method(cfg, 10, 192).build().resolve_execution(torch.device("cuda")) == "loop"
+    assert _method().build().resolve_execution(torch.device("cuda")) == "packed"
