@@ -5,6 +5,7 @@ Commands::
     ensemblekit train CONFIG [--set k=v]... [--out DIR] [--resume] [--overwrite] [--quiet]
     ensemblekit evaluate RUN_DIR [--split test|val] [--json]
     ensemblekit describe CONFIG [--set k=v]... [--json]
+    ensemblekit interpolate RUN_DIR [--members A B] [--points N] [--split test|val]
     ensemblekit compare RUN_DIR...
     ensemblekit list models|methods|datasets
     ensemblekit data check [--root DIR]
@@ -52,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("config")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--json", action="store_true")
+
+    ip = sub.add_parser("interpolate", help="accuracy along the line between two members' parameters")
+    ip.add_argument("run_dir")
+    ip.add_argument("--members", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
+    ip.add_argument("--points", type=int, default=11)
+    ip.add_argument("--split", choices=["test", "val"], default="test")
 
     c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
     c.add_argument("run_dirs", nargs="+")
@@ -150,6 +157,16 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from ensemblekit.runner import interpolate
+
+    record = interpolate(args.run_dir, args.members[0], args.members[1], args.points, args.split)
+    rows = [(f"lambda {p['lambda']:.2f}", f"acc {p['accuracy']:.4f}  nll {p['nll']:.4f}") for p in record["curve"]]
+    print(_table(rows))
+    print(f"wrote {Path(args.run_dir) / 'interpolation.json'}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ensemblekit.bench.tables import comparison_table
 
@@ -195,6 +212,7 @@ COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "describe": _cmd_describe,
+    "interpolate": _cmd_interpolate,
     "compare": _cmd_compare,
     "list": _cmd_list,
     "data": _cmd_data,

@@ -9,6 +9,7 @@ Layout::
     RUN_DIR/model.pt             final ensemble weights
     RUN_DIR/metrics.json         metrics, per-member metrics and costs
     RUN_DIR/eval.json            written by ``ensemblekit evaluate``
+    RUN_DIR/interpolation.json   written by ``ensemblekit interpolate``
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from ensemblekit.config import Config, config_from_dict, config_to_dict, read_ya
 from ensemblekit.errors import UserError
 from ensemblekit.training.checkpoint import atomic_write_bytes
 
-RUN_FILES = ("config.yaml", "log.csv", "events.jsonl", "checkpoints", "model.pt", "metrics.json", "eval.json")
+RUN_FILES = (
+    "config.yaml",
+    "log.csv",
+    "events.jsonl",
+    "checkpoints",
+    "model.pt",
+    "metrics.json",
+    "eval.json",
+    "interpolation.json",
+)
 
 
 def checkpoint_path(run_dir: Path) -> Path:

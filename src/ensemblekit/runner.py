@@ -337,6 +337,32 @@ def evaluate(run_dir: str | Path, split: str = "test", batch_size: int | None = 
     return record
 
 
+def interpolate(run_dir: str | Path, a: int = 0, b: int = 1, points: int = 11, split: str = "test") -> dict[str, Any]:
+    """Accuracy/NLL along the line between two members' parameters (BN in train mode); writes interpolation.json.
+
+    See ``ensemblekit.analysis.interpolation.interpolate_members`` (MixtureEnsembles paper, section 5.3).
+    """
+    from ensemblekit.analysis.interpolation import interpolate_members
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    model_path = run_dir / "model.pt"
+    if not model_path.is_file():
+        raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
+    data = load_run_data(cfg)
+    split_data = data.test if split == "test" else data.val
+    if split_data is None:
+        raise UserError(f"this run has no {split} split (data.val_size is 0)")
+    _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
+    load_model_into(model_path, ensemble)
+    curve = interpolate_members(
+        ensemble, a, b, split_data, data.mean, data.std, points, batch_size=cfg.data.eval_batch_size
+    )
+    record = {"run": str(run_dir), "method": cfg.method.name, "members": [a, b], "split": split, "curve": curve}
+    write_json(run_dir / "interpolation.json", record)
+    return record
+
+
 def default_out_dir(cfg: Config) -> Path:
     """``runs/<method>-<model>-<dataset>-<n>``: the first free name."""
     base = Path(os.environ.get("ENSEMBLEKIT_RUNS", "runs"))
