@@ -226,6 +226,7 @@ def train(
     run_dir = Path(out)
     fabric = make_fabric(cfg)
     data = load_run_data(cfg)  # missing data is refused before anything is written
+    method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))  # so is an unbuildable model
     error = None
     if fabric.global_rank == 0:
         try:
@@ -246,7 +247,6 @@ def train(
     if error is not None:
         raise UserError(error)
 
-    method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
     ensemble.to(fabric.device)
     modules = method.state_modules(ensemble)

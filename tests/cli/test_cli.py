@@ -105,6 +105,11 @@ def test_corrupt_checkpoint_on_resume(finished_run, tmp_path):
         ("method:\n  name: deep_ensemble\n  foo: 1\n", ["describe", "{cfg}"], ["method.foo", "unknown option"]),
         ("data:\n  name: cifar10\n  root: {empty}\n", ["train", "{cfg}"], ["cifar10", "ENSEMBLEKIT_DATA"]),
         (None, ["evaluate", "{empty}"], ["config.yaml"]),
+        (
+            "data:\n  name: synthetic\nmodel:\n  name: resnet8\nmethod:\n  name: mixture\n  param_budget: 0.1\n",
+            ["train", "{cfg}"],
+            ["param_budget", "sharing: blob"],
+        ),
         (None, ["train"], ["config"]),
         (None, ["frobnicate"], ["invalid choice"]),
         (None, ["train", "{cfg}", "--set", "nonsense"], ["key.sub=value"]),
