@@ -12,6 +12,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("method", "method", "s"),
     ("M", "num_members", "d"),
     ("params", "costs.params", ",d"),
+    ("unique params", "costs.unique_params", ",d"),
     ("FLOPs x single", "costs.inference_flops_vs_single", ".2f"),
     ("train epoch-eq", "costs.train_epoch_equivalents", ".2f"),
     ("train s", "costs.train_seconds", ".0f"),
@@ -21,6 +22,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("Brier", "metrics.brier", ".3f"),
     ("member acc %", "metrics.member_accuracy_mean", "%"),
     ("disagree", "metrics.disagreement", ".3f"),
+    ("Fort div", "metrics.normalized_disagreement", ".3f"),
 ]
 
 
@@ -44,7 +46,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def comparison_table(run_dirs: list[str | Path]) -> str:
-    """A Markdown table with one row per run directory (method, costs, accuracy, NLL, ECE, diversity)."""
+    """A Markdown table with one row per run directory (method, costs, accuracy, NLL, ECE, diversity).
+
+    ``disagree`` is the mean pairwise top-1 disagreement; ``Fort div`` divides it by the reference member's
+    error (Fort et al., 2019), averaged over ordered pairs.
+    """
     header = "| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
     sep = "|" + "---|" * (len(COLUMNS) + 1)
     rows = [header, sep]
