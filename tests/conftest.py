@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so CI cannot fail by chance (run with
+# --hypothesis-profile=explore to search new examples).
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 
