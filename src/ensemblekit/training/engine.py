@@ -170,6 +170,35 @@ class Engine:
             indices=stage.train_indices,
         )
 
+    def sample_batches(
+        self, num_batches: int, seed: int, *, batch_size: int | None = None, augment: bool | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``num_batches`` training batches on the device, for hooks that need data (pruning scores, BN refresh).
+
+        The batches are a pure function of ``seed`` (shuffled and, unless ``augment=False``, augmented as in
+        training), normalised, in the engine's memory format; drawing them changes no RNG state.
+        """
+        loader = BatchLoader(
+            self.data.train,
+            batch_size or self.batch_size,
+            mean=self.data.mean,
+            std=self.data.std,
+            shuffle=True,
+            augment=self.augment if augment is None else augment,
+            seed=seed,
+            device=self.fabric.device,
+            rank=self.fabric.global_rank,
+            world_size=self.fabric.world_size,
+        )
+        batches = []
+        for x, y in loader:
+            if len(batches) >= num_batches:
+                break
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batches.append((x, y))
+        return batches
+
     def _measure_flops(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
         """Forward FLOPs per (unique) training image, measured without side effects on state or RNG."""
         if stage.flops_per_image is not None:
