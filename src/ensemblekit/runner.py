@@ -22,10 +22,12 @@ from ensemblekit.methods import Method, build_method
 from ensemblekit.metrics import (
     TrainCostMeter,
     calibrated_nll,
+    combine_probs,
     count_parameters,
     ensemble_metrics,
     inference_flops,
     member_metrics,
+    reliability_bins,
 )
 from ensemblekit.run_dir import (
     checkpoint_path,
@@ -165,10 +167,13 @@ def evaluate_ensemble(
     }
     probs, labels = collect_member_probs(ensemble, split_data, **kw)
     metrics = ensemble_metrics(probs, labels, combine=ensemble.combine)
-    result: dict[str, Any] = {"split": split, "metrics": metrics, "members": member_metrics(probs, labels)}
+    result: dict[str, Any] = {
+        "split": split,
+        "metrics": metrics,
+        "members": member_metrics(probs, labels),
+        "reliability": reliability_bins(combine_probs(probs, ensemble.combine), labels),
+    }
     if data.val is not None and split == "test":
-        from ensemblekit.metrics import combine_probs
-
         val_probs, val_labels = collect_member_probs(ensemble, data.val, **kw)
         cal = calibrated_nll(
             combine_probs(val_probs, ensemble.combine),
@@ -285,6 +290,7 @@ def train(
         "combine": ensemble.combine,
         "metrics": result["metrics"],
         "members": result["members"],
+        "reliability": result["reliability"],
         "costs": {
             "params": costs["params"],
             "unique_params": costs["unique_params"],

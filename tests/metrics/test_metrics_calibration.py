@@ -130,3 +130,24 @@ def test_calibrated_nll_shape_errors():
         calibrated_nll(probs[None], labels, probs, labels)
     result = calibrated_nll(probs, labels, probs, labels)
     assert result["nll"] == pytest.approx(math.log(3))  # a uniform prediction is unchanged by any T
+
+
+def test_reliability_bins_reproduce_the_ece_and_a_hand_example():
+    from ensemblekit.metrics import reliability_bins
+
+    probs = torch.tensor([[0.9, 0.1], [0.75, 0.25], [0.3, 0.7], [0.55, 0.45]])
+    labels = torch.tensor([0, 1, 1, 0])
+    bins = reliability_bins(probs, labels, n_bins=5)
+    # confidences 0.9, 0.75, 0.7, 0.55 -> bins (0.8,1.0]: 0.9; (0.6,0.8]: 0.75, 0.7; (0.4,0.6]: 0.55
+    assert bins["count"] == [0, 0, 1, 2, 1]
+    assert bins["accuracy"][0] is None and bins["accuracy"][3] == pytest.approx(0.5)
+    assert bins["confidence"][3] == pytest.approx(0.725)
+    n = sum(bins["count"])
+    ece = sum(c / n * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c)
+    assert ece == pytest.approx(expected_calibration_error(probs, labels, n_bins=5))
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(3 * torch.randn(500, 10, generator=g), -1)
+    y = torch.randint(0, 10, (500,), generator=g)
+    b = reliability_bins(p, y)
+    ece = sum(c / 500 * abs(a - f) for c, a, f in zip(b["count"], b["accuracy"], b["confidence"]) if c)
+    assert ece == pytest.approx(expected_calibration_error(p, y), abs=1e-12)

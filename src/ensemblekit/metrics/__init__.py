@@ -11,6 +11,7 @@ from ensemblekit.metrics.calibration import (
     calibrated_nll,
     expected_calibration_error,
     fit_temperature,
+    reliability_bins,
 )
 from ensemblekit.metrics.classification import (
     accuracy,
@@ -59,4 +60,5 @@ __all__ = [
     "output_correlation",
     "pairwise_kl",
     "predictive_entropy",
+    "reliability_bins",
 ]

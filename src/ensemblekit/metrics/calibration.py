@@ -71,6 +71,39 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     return binned_ece(confidence, prediction == y, n_bins).item()
 
 
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+    """The data of a reliability diagram (Guo et al., 2017) over equal-width confidence bins.
+
+    Per bin ((b−1)/n_bins, b/n_bins]: the number of samples, their mean confidence and their top-1 accuracy
+    (``None`` for empty bins, so the dict is JSON).
+
+    ECE = Σ_b (count_b / N)·|accuracy_b − confidence_b| over the non-empty bins (the same bins as
+    :func:`expected_calibration_error`).
+
+    Returns:
+        ``{"edges": n_bins + 1 bin edges, "count": [...], "confidence": [...], "accuracy": [...]}``.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    p = as_probabilities(probs, "probs", dims=2).double()
+    y = as_labels(labels, p.shape[0], p.shape[1], p.device)
+    conf, pred = p.max(dim=-1)
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=p.device)
+    bins = (torch.bucketize(conf, edges, right=False) - 1).clamp_(0, n_bins - 1)
+    count = torch.zeros(n_bins, dtype=torch.float64, device=p.device).scatter_add_(0, bins, torch.ones_like(conf))
+    conf_sum = torch.zeros_like(count).scatter_add_(0, bins, conf)
+    correct_sum = torch.zeros_like(count).scatter_add_(0, bins, (pred == y).double())
+    counts = [int(c) for c in count.tolist()]
+    mean_conf = (conf_sum / count.clamp(min=1)).tolist()
+    mean_acc = (correct_sum / count.clamp(min=1)).tolist()
+    return {
+        "edges": edges.tolist(),
+        "count": counts,
+        "confidence": [c if n else None for c, n in zip(mean_conf, counts)],
+        "accuracy": [a if n else None for a, n in zip(mean_acc, counts)],
+    }
+
+
 def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Temperature-scaled probabilities softmax(log max(p, 1e-12) / T) as ``float64`` ``[N, C]``.
 

@@ -46,6 +46,30 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
 
 
+def measure_stage_flops(stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Forward FLOPs per unique training image of ``stage`` (after its ``prepare_batch``) on example batch ``x``.
+
+    Measured in eval mode on the first two images, without side effects on the module's mode or on any RNG;
+    ``stage.flops_per_image`` wins when set. The engine charges 3x this per image and step (forward + backward).
+    """
+    if stage.flops_per_image is not None:
+        return float(stage.flops_per_image)
+    rng = capture_rng_state()
+    module = stage.module
+    was_training = module.training
+    module.eval()
+    try:
+        xs, ys = x[:2], y[:2]
+        if stage.prepare_batch is not None:
+            xs, ys = stage.prepare_batch(xs, ys)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(xs)
+        return counter.get_total_flops() / min(2, len(x))
+    finally:
+        module.train(was_training)
+        restore_rng_state(rng)
+
+
 class Engine:
     """Runs stages in order and keeps the run resumable.
 
@@ -200,23 +224,7 @@ class Engine:
         return batches
 
     def _measure_flops(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Forward FLOPs per (unique) training image, measured without side effects on state or RNG."""
-        if stage.flops_per_image is not None:
-            return float(stage.flops_per_image)
-        rng = capture_rng_state()
-        module = stage.module
-        was_training = module.training
-        module.eval()
-        try:
-            xs, ys = x[:2], y[:2]
-            if stage.prepare_batch is not None:
-                xs, ys = stage.prepare_batch(xs, ys)
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                module(xs)
-            return counter.get_total_flops() / min(2, len(x))
-        finally:
-            module.train(was_training)
-            restore_rng_state(rng)
+        return measure_stage_flops(stage, x, y)
 
     def member_probs(self, module: nn.Module, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities ``[M, N, C]`` and labels of ``module`` on ``split`` (``test`` or ``val``)."""
