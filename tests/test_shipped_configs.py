@@ -23,7 +23,8 @@ from ensemblekit.runner import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO / "configs"
-CONFIGS = sorted(CONFIG_ROOT.glob("**/*.yaml"))
+CONFIGS = sorted(p for p in CONFIG_ROOT.glob("**/*.yaml") if "suites" not in p.relative_to(CONFIG_ROOT).parts)
+SUITES = sorted((CONFIG_ROOT / "suites").glob("*.yaml"))
 
 SMOKE_OVERRIDES = [
     "data.name=synthetic",
@@ -113,3 +114,23 @@ def test_config_smoke_run(path: Path, tmp_path: Path):
     assert len(saved["members"]) == members
     assert saved["costs"]["train_epoch_equivalents"] > 0
     shutil.rmtree(tmp_path / "run")  # a WRN-28-10 run directory holds hundreds of MB of weights; kept on failure
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
+def test_shipped_suites_load_and_fit_their_budget(path):
+    """Every shipped suite validates (each run's config and options) and every run's budget can be met."""
+    from ensemblekit.bench.budget import RecipeCost, fit_epochs
+    from ensemblekit.bench.suite import load_suite
+
+    suite = load_suite(path)
+    assert suite.runs
+    for run in suite.runs:
+        budget = suite.run_budget(run)
+        if budget is None:
+            continue
+        raw = suite.run_config(run, 0)
+        raw["data"] = {**raw.get("data", {}), "name": "synthetic"}
+        cost = RecipeCost(raw, num_classes=10, train_size=raw["data"].get("train_size") or 50000)
+        epochs, estimate = fit_epochs(cost, budget)
+        assert epochs >= 1
+        assert abs(estimate - budget) <= 0.5 * cost(1) + 1e-9, f"{run.name}: {estimate} vs budget {budget}"

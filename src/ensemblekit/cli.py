@@ -7,6 +7,8 @@ Commands::
     ensemblekit describe CONFIG [--set k=v]... [--json]
     ensemblekit interpolate RUN_DIR [--members A B] [--points N] [--split test|val]
     ensemblekit compare RUN_DIR...
+    ensemblekit bench SUITE.yaml --out DIR [--resume] [--only NAME]... [--seeds N] [--quiet]
+    ensemblekit report DIR
     ensemblekit list models|methods|datasets
     ensemblekit data check [--root DIR]
 
@@ -62,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
     c.add_argument("run_dirs", nargs="+")
+
+    b = sub.add_parser("bench", help="run a benchmark suite at equal training budget; write results and report")
+    b.add_argument("suite", help="suite YAML (see configs/suites/)")
+    b.add_argument("--out", required=True, help="output directory of the suite")
+    b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
+    b.add_argument("--only", action="append", default=None, metavar="NAME", help="run only these runs (repeatable)")
+    b.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the suite's)")
+    b.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
+
+    r = sub.add_parser("report", help="write results.md, plots and report.html of a suite's output directory")
+    r.add_argument("out", help="output directory of ensemblekit bench")
 
     li = sub.add_parser("list", help="list registered models, methods or data sets")
     li.add_argument("what", choices=["models", "methods", "datasets"])
@@ -174,6 +187,36 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ensemblekit.bench.run_suite import run_suite
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    try:
+        status = run_suite(args.suite, args.out, resume=args.resume, only=args.only, seeds=args.seeds, quiet=args.quiet)
+    except TrainingInterrupted as exc:
+        print(f"{exc}; resume with: ensemblekit bench {args.suite} --out {args.out} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [k for k, e in status["runs"].items() if e.get("state") == "failed"]
+    print(f"results: {Path(args.out) / 'results.md'}; report: {Path(args.out) / 'report.html'}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see suite.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ensemblekit.bench.report import write_all
+
+    summary = write_all(args.out)
+    out = Path(args.out)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'report.md'}, {out / 'report.html'}")
+    print(f"plots: {', '.join(summary['figures']) or 'none'}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from ensemblekit.models import list_models
@@ -214,6 +257,8 @@ COMMANDS = {
     "describe": _cmd_describe,
     "interpolate": _cmd_interpolate,
     "compare": _cmd_compare,
+    "bench": _cmd_bench,
+    "report": _cmd_report,
     "list": _cmd_list,
     "data": _cmd_data,
 }

@@ -1,0 +1,168 @@
+"""``ensemblekit bench``: train every run of a suite into ordinary run directories, then write the results.
+
+Layout of the output directory::
+
+    OUT/suite.yaml                 the suite as given
+    OUT/suite.json                 per run and seed: state (done / failed / interrupted), the fitted
+                                   train.epochs, the estimated epoch-equivalents, the error line of a failure
+    OUT/runs/<run>/seed<k>/        one ordinary run directory per run and seed (ensemblekit train)
+    OUT/results.csv, results.md    generated from the run directories (ensemblekit.bench.results)
+    OUT/plots/*.png|svg            (ensemblekit.bench.plots)
+    OUT/report.html, report.md     (ensemblekit.bench.report)
+
+A failed run is recorded and the suite goes on; ``--resume`` skips finished runs, continues interrupted
+ones from their checkpoints and retries failed ones. A finished run whose config no longer matches the suite is
+reported, never silently reused or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ensemblekit.bench.budget import RecipeCost, fit_epochs
+from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
+from ensemblekit.config import config_from_dict
+from ensemblekit.errors import UserError
+from ensemblekit.run_dir import checkpoint_path, holds_run, read_run_config
+from ensemblekit.training.checkpoint import atomic_write_bytes
+
+
+def run_dir_of(out: Path, run: str, seed: int) -> Path:
+    """Where run ``run`` with seed ``seed`` of a suite lives."""
+    return out / "runs" / run / f"seed{seed}"
+
+
+def _write_status(out: Path, status: dict[str, Any]) -> None:
+    atomic_write_bytes(out / "suite.json", lambda f: f.write(json.dumps(status, indent=2).encode()))
+
+
+def read_status(out: Path) -> dict[str, Any]:
+    """The ``suite.json`` of a suite output directory."""
+    path = out / "suite.json"
+    if not path.is_file():
+        raise UserError(f"{out} is not a suite output directory (no suite.json); run ensemblekit bench first")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc.__class__.__name__}") from None
+
+
+def prepare_out(out: Path, suite_path: Path, resume: bool) -> dict[str, Any]:
+    """Create (or, with ``resume``, reopen) the suite output directory; never clobber anything."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    has_suite = (out / "suite.json").is_file()
+    if has_suite and not resume:
+        raise UserError(f"{out} already holds a suite's results; use --resume to continue it, or another --out")
+    if out.is_dir() and not has_suite and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no suite; choose an empty or new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if has_suite:
+        return read_status(out)
+    shutil.copyfile(suite_path, out / "suite.yaml")
+    return {"suite": None, "order": [], "runs": {}}
+
+
+def _same_config(run_dir: Path, raw: dict[str, Any]) -> bool:
+    from ensemblekit.runner import _same_run
+
+    return _same_run(read_run_config(run_dir), config_from_dict(raw))
+
+
+def _fit(raw: dict[str, Any], budget: float | None) -> tuple[dict[str, Any], float | None]:
+    """Set ``train.epochs`` so that the recipe costs about ``budget`` epoch-equivalents."""
+    if budget is None:
+        return raw, None
+    from ensemblekit.runner import load_run_data
+
+    data = load_run_data(config_from_dict(raw))
+    cost = RecipeCost(raw, data.num_classes, len(data.train.labels), tuple(data.train.images.shape[1:]))
+    epochs, estimate = fit_epochs(cost, budget)
+    raw.setdefault("train", {})["epochs"] = epochs
+    return raw, estimate
+
+
+def run_one(suite: Suite, run: SuiteRun, seed: int, out: Path, *, quiet: bool, progress: str) -> dict[str, Any]:
+    """Train one run and seed (or skip it when finished); return its status entry."""
+    from ensemblekit.runner import train
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    run_dir = run_dir_of(out, run.name, seed)
+    budget = suite.run_budget(run)
+    entry: dict[str, Any] = {"run": run.name, "seed": seed, "dir": str(run_dir.relative_to(out)), "budget": budget}
+    raw, estimate = _fit(suite.run_config(run, seed), budget)
+    entry.update(epochs=raw["train"].get("epochs"), estimated_epoch_equivalents=estimate)
+    if (run_dir / "metrics.json").is_file():
+        if not _same_config(run_dir, raw):
+            return {**entry, "state": "failed", "error": f"{run_dir} holds a finished run of another config"}
+        return {**entry, "state": "done", "skipped": True}
+    resume = checkpoint_path(run_dir).is_file() and (run_dir / "config.yaml").is_file()
+    if resume and not _same_config(run_dir, raw):
+        return {**entry, "state": "failed", "error": f"{run_dir} holds an unfinished run of another config"}
+    t0 = time.perf_counter()
+    try:
+        train(
+            config_from_dict(raw),
+            run_dir,
+            resume=resume,
+            overwrite=not resume and run_dir.is_dir() and holds_run(run_dir),
+            quiet=quiet,
+            progress=progress,
+        )
+    except TrainingInterrupted:
+        raise
+    except UserError as exc:
+        return {**entry, "state": "failed", "error": str(exc)}
+    except Exception as exc:  # a bug in one method must not stop the suite: record it and go on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {**entry, "state": "failed", "error": f"{exc.__class__.__name__}: {first} (see error.txt)"}
+    return {**entry, "state": "done", "seconds": time.perf_counter() - t0}
+
+
+def run_suite(
+    suite_path: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    only: list[str] | None = None,
+    seeds: int | None = None,
+    quiet: bool = False,
+    progress: str = "auto",
+    say=print,
+) -> dict[str, Any]:
+    """Run a suite (see the module docstring); return ``suite.json``'s content. Results are written at the end."""
+    from ensemblekit.bench.report import write_all
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    suite_path, out = Path(suite_path), Path(out)
+    suite = load_suite(suite_path)
+    runs = select_runs(suite, only)
+    status = prepare_out(out, suite_path, resume)
+    status["suite"] = suite.name
+    status["order"] = [r.name for r in suite.runs]
+    n_seeds = seeds or suite.seeds
+    todo = [(run, seed) for run in runs for seed in range(n_seeds)]
+    for k, (run, seed) in enumerate(todo, 1):
+        say(f"[{k}/{len(todo)}] {run.name} seed {seed}")
+        key = f"{run.name}/seed{seed}"
+        try:
+            entry = run_one(suite, run, seed, out, quiet=quiet, progress=progress)
+        except TrainingInterrupted:
+            status["runs"][key] = {"run": run.name, "seed": seed, "state": "interrupted"}
+            _write_status(out, status)
+            raise
+        status["runs"][key] = entry
+        _write_status(out, status)
+        if entry["state"] == "failed":
+            say(f"  FAILED: {entry['error']}")
+        elif entry.get("skipped"):
+            say("  finished earlier: skipped")
+    write_all(out)
+    return status

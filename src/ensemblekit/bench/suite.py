@@ -1,0 +1,130 @@
+"""Benchmark suites: one YAML file fixes the data, the backbone and a training budget, and lists the runs.
+
+A suite answers "which ensemble gives me the most accuracy, calibration and robustness for my budget?" by
+training every listed method under the same data, backbone and training cost::
+
+    name: quick
+    description: CIFAR-10 subset, resnet8, every method at 16 single-model epochs of training
+    base:                       # a run config (every section optional); the runs start from it
+      data: {name: cifar10, train_size: 10000, test_size: 2000}
+      model: {name: resnet8}
+      train: {lr: 0.1, schedule: cosine}
+    budget: 16                  # training budget per run in single-model epoch-equivalents (null: as configured)
+    seeds: 1                    # seeds per run (train.seed = 0 .. seeds-1); --seeds overrides
+    runs:
+      - name: single
+        method: {name: single}
+      - name: deep_ensemble
+        method: {name: deep_ensemble, members: 4}
+      - name: mixture_2x
+        method: {name: mixture, param_budget: 2.0}
+        set: {train.lr: 0.05}   # dotted overrides of the base config for this run
+        budget: 32              # a run may have its own budget (cost curves)
+
+``budget`` is met by choosing ``train.epochs`` (see :mod:`ensemblekit.bench.budget`): every method's recipe
+derives its stages' epochs from ``train.epochs``, so the suite needs no per-method code.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ensemblekit.config import Config, apply_overrides, config_from_dict, read_yaml
+from ensemblekit.errors import UserError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SuiteRun(BaseModel):
+    """One entry of a suite's ``runs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    method: dict[str, Any]
+    set: dict[str, Any] = Field(default_factory=dict)
+    budget: float | None = Field(default=None, gt=0)
+
+
+class Suite(BaseModel):
+    """A benchmark suite (see the module docstring for the file format)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    budget: float | None = Field(default=None, gt=0)
+    seeds: int = Field(default=1, gt=0)
+    runs: list[SuiteRun]
+
+    def run_budget(self, run: SuiteRun) -> float | None:
+        """The run's budget in single-model epoch-equivalents (its own, else the suite's)."""
+        return run.budget if run.budget is not None else self.budget
+
+    def run_config(self, run: SuiteRun, seed: int) -> dict[str, Any]:
+        """The run's config dict (base + method + overrides, ``train.seed = seed``), before budget fitting."""
+        raw = copy.deepcopy(self.base)
+        raw["method"] = copy.deepcopy(run.method)
+        apply_overrides(raw, [f"{k}={_yaml_value(v)}" for k, v in run.set.items()])
+        raw.setdefault("train", {})["seed"] = seed
+        return raw
+
+
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; every problem is a one-line ``UserError``.
+
+    Each run's config is validated (names, options) before anything is trained.
+    """
+    raw = read_yaml(path)
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise UserError(f"suite {path}: {loc}: {msg}") from None
+    names = [r.name for r in suite.runs]
+    if not names:
+        raise UserError(f"suite {path}: runs: the suite lists no runs")
+    for name in names:
+        if not _NAME.match(name):
+            raise UserError(f"suite {path}: run name {name!r} must be letters, digits, '_', '-' or '.'")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"suite {path}: run names must be unique; repeated: {', '.join(dupes)}")
+    for run in suite.runs:
+        try:
+            check_run_config(suite, run)
+        except UserError as exc:
+            raise UserError(f"suite {path}: run {run.name}: {exc}") from None
+    return suite
+
+
+def check_run_config(suite: Suite, run: SuiteRun) -> Config:
+    """Validate one run's config (seed 0)."""
+    if "name" not in run.method:
+        raise UserError("method.name is missing")
+    return config_from_dict(suite.run_config(run, 0))
+
+
+def select_runs(suite: Suite, only: list[str] | None) -> list[SuiteRun]:
+    """The runs named by ``--only`` (all when None); an unknown name is an error listing the valid ones."""
+    if not only:
+        return list(suite.runs)
+    known = {r.name: r for r in suite.runs}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise UserError(f"--only {unknown[0]}: no such run in suite {suite.name} (runs: {', '.join(known)})")
+    return [known[n] for n in only]

@@ -1,0 +1,113 @@
+"""Benchmark suites: budget fitting, a whole suite end to end (with a failing run), resume and the report."""
+
+import json
+
+import pytest
+import yaml
+
+from ensemblekit.bench.budget import RecipeCost, fit_epochs
+from ensemblekit.bench.results import aggregate, pareto_front, results_markdown
+from ensemblekit.bench.run_suite import run_suite
+from ensemblekit.bench.suite import load_suite
+from ensemblekit.errors import UserError
+from tests.conftest import TINY, run_cli, tiny_config
+
+BASE = {k: v for k, v in TINY.items() if k != "method"}
+
+
+def _suite(tmp_path, runs, budget=2.0, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": BASE, "budget": budget, "runs": runs}))
+    return path
+
+
+def test_pareto_front_by_hand():
+    costs = [1.0, 2.0, 3.0, 4.0, 2.0]
+    accs = [0.5, 0.7, 0.6, 0.8, 0.65]
+    assert pareto_front(costs, accs, maximize=True) == [0, 1, 3]
+    nll = [1.0, 0.8, 0.9, 0.7, 0.8]
+    assert pareto_front(costs, nll, maximize=False) == [0, 1, 4, 3]  # 1 and 4 tie: neither dominates
+
+
+@pytest.mark.parametrize(
+    ("method", "budget", "epochs"),
+    [({"name": "single"}, 4, 4), ({"name": "deep_ensemble", "members": 2}, 4, 2), ({"name": "mc_dropout"}, 3, 3)],
+)
+def test_budget_is_met_by_choosing_train_epochs(method, budget, epochs):
+    raw = tiny_config(method=method)
+    cost = RecipeCost(raw, num_classes=10, train_size=192)
+    assert fit_epochs(cost, budget)[0] == epochs
+    assert cost(epochs) == pytest.approx(budget, rel=0.02)
+
+
+def test_batch_ensemble_budget_accounts_for_its_tiled_batch():
+    raw = tiny_config(method={"name": "batch_ensemble", "members": 2})
+    cost = RecipeCost(raw, num_classes=10, train_size=192)
+    per_epoch = cost(1)
+    assert 1.8 < per_epoch < 2.3  # two members in one pass: about twice a single model's FLOPs per image
+    assert fit_epochs(cost, 8)[0] == round(8 / per_epoch)
+
+
+def test_suite_file_errors_are_one_line(tmp_path):
+    bad = _suite(tmp_path, [{"name": "a", "method": {"name": "single"}}, {"name": "a", "method": {"name": "single"}}])
+    with pytest.raises(UserError, match="unique; repeated: a"):
+        load_suite(bad)
+    bad = _suite(tmp_path, [{"name": "x", "method": {"name": "deep_ensemble", "bogus": 1}}], name="b.yaml")
+    with pytest.raises(UserError, match=r"run x: .*method\.bogus: unknown option"):
+        load_suite(bad)
+    bad = _suite(tmp_path, [{"name": "x", "method": {"name": "single"}, "colour": 1}], name="c.yaml")
+    with pytest.raises(UserError, match=r"runs\.0\.colour: unknown key"):
+        load_suite(bad)
+
+
+def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
+    runs = [
+        {"name": "single", "method": {"name": "single"}},
+        {"name": "de2", "method": {"name": "deep_ensemble", "members": 2}},
+        {"name": "diverges", "method": {"name": "single"}, "set": {"train.lr": 1.0e12}, "budget": 1},
+    ]
+    path = _suite(tmp_path, runs, budget=2.0)
+    out = tmp_path / "out"
+    lines = []
+    status = run_suite(path, out, quiet=True, say=lines.append)
+    states = {k: e["state"] for k, e in status["runs"].items()}
+    assert states == {"single/seed0": "done", "de2/seed0": "done", "diverges/seed0": "failed"}
+    assert "non-finite loss" in status["runs"]["diverges/seed0"]["error"]
+    assert status["runs"]["single/seed0"]["epochs"] == 2 and status["runs"]["de2/seed0"]["epochs"] == 1
+    single = json.loads((out / "runs/single/seed0/metrics.json").read_text())
+    de = json.loads((out / "runs/de2/seed0/metrics.json").read_text())
+    # the budget fit predicts the cost meter exactly (no hooks, full batches)
+    assert single["costs"]["train_epoch_equivalents"] == pytest.approx(2.0, rel=1e-6)
+    assert de["costs"]["train_epoch_equivalents"] == pytest.approx(2.0, rel=1e-6)
+    csv_lines = (out / "results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[1].startswith("single,0,single,1,")
+    md = (out / "results.md").read_text()
+    assert "| single | single |" in md and "| de2 | deep_ensemble |" in md and "Pareto frontier" in md
+    for name in ("pareto", "params", "reliability", "members"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+        assert (out / "plots" / f"{name}.svg").is_file()
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 4 and "diverges" in report
+    assert "![pareto](plots/pareto.png)" in (out / "report.md").read_text()
+
+    mtime = (out / "runs/single/seed0/metrics.json").stat().st_mtime_ns
+    lines.clear()
+    status = run_suite(path, out, resume=True, only=["single"], quiet=True, say=lines.append)
+    assert "finished earlier: skipped" in lines[1]
+    assert (out / "runs/single/seed0/metrics.json").stat().st_mtime_ns == mtime
+
+    again = run_cli("bench", str(path), "--out", str(out))
+    assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    report = run_cli("report", str(out))
+    assert report.returncode == 0 and "| de2 | deep_ensemble |" in report.stdout
+
+
+def test_results_table_reports_mean_and_std_over_seeds():
+    rows = [
+        {"run": "a", "seed": s, "method": "single", "accuracy": acc, "nll": 1.0, "train_epoch_equivalents": 2.0}
+        for s, acc in enumerate([0.5, 0.7])
+    ]
+    agg = aggregate(rows)
+    assert agg[0]["accuracy"][0] == pytest.approx(0.6) and agg[0]["accuracy"][1] == pytest.approx(0.1414, abs=1e-3)
+    md = results_markdown(agg)
+    assert "60.00 ± 14.14" in md and "over 2 seeds" in md
