@@ -99,3 +99,25 @@ def test_validation_split_is_logged_every_epoch_and_gives_a_calibrated_nll(tmp_p
     assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 and float(r["val_nll"]) > 0 for r in rows)
     assert record["data"]["val_size"] == 64 and record["data"]["train_size"] == 192
     assert record["metrics"]["temperature"] > 0 and record["metrics"]["calibrated_nll"] > 0
+
+
+def test_sample_batches_are_a_pure_function_of_the_seed_and_leave_rngs_alone():
+    from lightning.fabric import Fabric
+
+    from ensemblekit.data import load_data
+    from ensemblekit.metrics import TrainCostMeter
+    from ensemblekit.training.engine import Engine
+
+    data = load_data("synthetic", train_size=64, test_size=16)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    engine = Engine(fabric, data, {"ensemble": torch.nn.Identity()}, batch_size=16, cost_meter=TrainCostMeter(1.0, 64))
+    state = torch.get_rng_state()
+    a = engine.sample_batches(3, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = engine.sample_batches(3, seed=7)
+    c = engine.sample_batches(3, seed=8)
+    assert len(a) == 3 and a[0][0].shape == (16, 3, 32, 32) and a[0][1].shape == (16,)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    plain = engine.sample_batches(1, seed=7, augment=False, batch_size=64)[0][0]
+    assert plain.shape[0] == 64 and abs(float(plain.mean())) < 0.5  # normalised
