@@ -121,3 +121,15 @@ def test_sample_batches_are_a_pure_function_of_the_seed_and_leave_rngs_alone():
     assert not torch.equal(a[0][0], c[0][0])
     plain = engine.sample_batches(1, seed=7, augment=False, batch_size=64)[0][0]
     assert plain.shape[0] == 64 and abs(float(plain.mean())) < 0.5  # normalised
+
+
+def test_batch_accuracy_of_single_ensemble_and_per_member_targets():
+    from ensemblekit.training.engine import batch_correct
+
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[0.0, 2.0], [0.0, 2.0]]])  # [M=2, B=2, C=2]
+    hits, rows = batch_correct(logits[0], torch.tensor([0, 0]))
+    assert (float(hits), rows) == (1.0, 2)
+    hits, rows = batch_correct(logits, torch.tensor([1, 1]))  # mean probs: row 0 tie -> class 0, row 1 -> 1
+    assert (float(hits), rows) == (1.0, 2)
+    hits, rows = batch_correct(logits, torch.tensor([[0, 1], [1, 0]]))  # member 0: 2/2, member 1: 1/2
+    assert (float(hits), rows) == (1.5, 2)

@@ -46,6 +46,21 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
 
 
+def batch_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Correct predictions in a training batch (as a tensor, no device sync) and the batch's rows.
+
+    Logits ``[B, C]``: top-1 hits. Member logits ``[M, B, C]`` with shared targets ``[B]``: hits of the
+    ensemble's mean probability. With per-member targets ``[M, B]`` (MIMO slots): the members' mean hits, since
+    no single ensemble prediction belongs to a row.
+    """
+    if y.dim() == 2 and logits.dim() == 3 and logits.shape[:2] == y.shape:
+        return (logits.argmax(-1) == y).double().mean(0).sum(), y.shape[1]
+    pred = (logits.float().softmax(-1).mean(0) if logits.dim() == 3 else logits).argmax(-1)
+    target = y if y.dim() == 1 else y[0]
+    hits = (pred == target).sum() if pred.shape == target.shape else torch.zeros((), device=logits.device)
+    return hits, len(target)
+
+
 def measure_stage_flops(stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
     """Forward FLOPs per unique training image of ``stage`` (after its ``prepare_batch``) on example batch ``x``.
 
@@ -346,13 +361,10 @@ class Engine:
             optimizer.step()
             scheduler.step()
             with torch.no_grad():
-                logits = out.detach()
-                pred = (logits.float().softmax(-1).mean(0) if logits.dim() == 3 else logits).argmax(-1)
-                target = y if y.dim() == 1 else y[0]
-                if pred.shape == target.shape:
-                    correct += (pred == target).sum()
-                loss_sum += loss.detach().double() * len(target)
-                seen += len(target)
+                hits, rows = batch_correct(out.detach(), y)
+                correct += hits
+                loss_sum += loss.detach().double() * rows
+                seen += rows
             images += batch
             self.cost_meter.add_step(batch * fabric.world_size, flops)
             ctx.step, ctx.loss = step, None
