@@ -133,3 +133,27 @@ def test_batch_accuracy_of_single_ensemble_and_per_member_targets():
     assert (float(hits), rows) == (1.0, 2)
     hits, rows = batch_correct(logits, torch.tensor([[0, 1], [1, 0]]))  # member 0: 2/2, member 1: 1/2
     assert (float(hits), rows) == (1.5, 2)
+
+
+def test_on_accelerators_a_non_finite_loss_is_caught_without_per_step_syncs(tmp_path, monkeypatch):
+    """The deferred check (no device sync per step) still stops the run and keeps a finite checkpoint."""
+    import ensemblekit.training.engine as engine_mod
+
+    calls = {"n": 0}
+    real = engine_mod.member_cross_entropy
+
+    def poisoned(out, y, *args):
+        calls["n"] += 1
+        loss = real(out, y, *args)
+        return loss * float("nan") if calls["n"] > 6 + 2 else loss
+
+    monkeypatch.setattr(engine_mod, "member_cross_entropy", poisoned)
+    monkeypatch.setattr(engine_mod, "checks_loss_every_step", lambda device: False)
+    monkeypatch.setattr(engine_mod, "FINITE_CHECK_EVERY", 100)
+    cfg = config_from_dict(tiny_config(train={"epochs": 3}))
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg, tmp_path / "run", quiet=True)
+    assert "epoch 2" in str(info.value) and "step 6" in str(info.value)  # found at the epoch's end
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["modules"]["ensemble"].values() if v.is_floating_point())

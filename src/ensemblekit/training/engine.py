@@ -38,6 +38,15 @@ from ensemblekit.training.stage import Stage, StageContext
 CHECKPOINT_FORMAT = 1
 
 
+FINITE_CHECK_EVERY = 50
+"""On accelerators, steps between checks that the running loss is finite (each check syncs the device)."""
+
+
+def checks_loss_every_step(device: torch.device) -> bool:
+    """Whether the engine checks every step's loss (CPU) or every ``FINITE_CHECK_EVERY`` steps (no device syncs)."""
+    return device.type == "cpu"
+
+
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -133,6 +142,7 @@ class Engine:
         self.channels_last = channels_last
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
+        self.check_loss_every_step = checks_loss_every_step(fabric.device)
 
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupted:  # a second Ctrl-C stops at once
@@ -330,6 +340,7 @@ class Engine:
         seen = int(acc.get("seen", 0))
         t0, images, flops = time.perf_counter(), 0, None
         ctx.global_step = epoch * steps + first_step
+        sync_free = self.check_loss_every_step
         for step, (x, y) in enumerate(loader):
             if step >= steps:
                 break
@@ -348,12 +359,11 @@ class Engine:
                 if stage.loss is not None
                 else member_cross_entropy(out, y, stage.member_loss, stage.label_smoothing)
             )
-            if not torch.isfinite(loss.detach()).all():
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is kept"
-                    + (f" at {self.checkpoint_path}" if self.checkpoint_path else "")
-                )
+            # On CPU every step's loss is checked before its update. On an accelerator the check forces a device
+            # sync, so the running loss sum is checked every FINITE_CHECK_EVERY steps and at the epoch's end
+            # instead (before any checkpoint is written, so the last checkpoint on disk is always finite).
+            if sync_free or (step + 1) % FINITE_CHECK_EVERY == 0:
+                self._check_finite(loss.detach() if sync_free else loss_sum, stage, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             if stage.grad_clip is not None:
@@ -377,10 +387,14 @@ class Engine:
             elif self.progress.mode == "bar":
                 self.progress.step(epoch, None, 1)
             if self._interrupted:
+                if not sync_free:
+                    self._check_finite(loss_sum, stage, epoch, step)
                 self.cost_meter.add_time(time.perf_counter() - t0)
                 acc_state = {"loss_sum": float(loss_sum), "correct": float(correct), "seen": seen}
                 self.save(ctx.stage_index, epoch, step + 1, optimizer, scheduler, acc_state)
                 raise TrainingInterrupted(f"interrupted in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}")
+        if not sync_free:
+            self._check_finite(loss_sum, stage, epoch, steps - 1)
         seconds = time.perf_counter() - t0
         self.cost_meter.add_time(seconds)
         stats = self._stats(loss_sum, correct, seen, optimizer, images / max(seconds, 1e-9))
@@ -394,6 +408,13 @@ class Engine:
         self.progress.end_epoch(epoch, stats)
         self.logger.epoch({"stage": stage.name, "epoch": epoch + 1, "seconds": seconds, **stats})
         self.save(ctx.stage_index, epoch + 1, 0, optimizer, scheduler)
+
+    def _check_finite(self, value: torch.Tensor, stage: Stage, epoch: int, step: int) -> None:
+        if not torch.isfinite(value).all():
+            raise NonFiniteLossError(
+                f"non-finite loss ({value.item()}) in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}; "
+                f"the last good checkpoint is kept" + (f" at {self.checkpoint_path}" if self.checkpoint_path else "")
+            )
 
     @staticmethod
     def _stats(loss_sum, correct, seen, optimizer, img_s: float) -> dict[str, float]:
