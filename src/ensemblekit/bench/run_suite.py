@@ -2,7 +2,7 @@
 
 Layout of the output directory::
 
-    OUT/suite.yaml                 the suite as given
+    OUT/suite.yaml                 the suite as last given
     OUT/suite.json                 per run and seed: state (done / failed / interrupted), the fitted
                                    train.epochs, the estimated epoch-equivalents, the error line of a failure
     OUT/runs/<run>/seed<k>/        one ordinary run directory per run and seed (ensemblekit train)
@@ -62,10 +62,9 @@ def prepare_out(out: Path, suite_path: Path, resume: bool) -> dict[str, Any]:
     if out.is_dir() and not has_suite and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty and holds no suite; choose an empty or new directory")
     out.mkdir(parents=True, exist_ok=True)
-    if has_suite:
-        return read_status(out)
-    shutil.copyfile(suite_path, out / "suite.yaml")
-    return {"suite": None, "order": [], "runs": {}}
+    status = read_status(out) if has_suite else {"suite": None, "order": [], "runs": {}}
+    shutil.copyfile(suite_path, out / "suite.yaml")  # the suite as last given
+    return status
 
 
 def _same_config(run_dir: Path, raw: dict[str, Any]) -> bool:
