@@ -1,12 +1,12 @@
 """``snapshot``: Snapshot Ensembles (Huang et al., "Snapshot Ensembles: Train 1, get M for free", ICLR 2017).
 
-One training run of T steps with K cosine cycles and warm restarts (methods.md section 7):
+One training run of T steps (``train.epochs``, or K·``cycle_epochs``) with K cosine cycles and warm restarts (methods.md section 7):
 
     lr(t) = (α₀/2)·(cos(π·mod(t, ⌈T/K⌉)/⌈T/K⌉) + 1)          (the ``cyclic_cosine`` schedule, α₀ = train.lr)
 
 A snapshot of the working network is taken at the end of every cycle (lr ≈ 0) by an ``after_epoch`` hook of
 the engine and copied into a member slot; the ensemble is the last M snapshots, predictions averaged over
-softmax outputs. Training cost ≈ one model (T = ``train.epochs``); inference and parameters M×.
+softmax outputs. Training cost ≈ one model trained T steps; inference and parameters M×.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ class SnapshotOptions(MethodOptions):
 
     Attributes:
         members: Snapshots in the ensemble M (the last M cycles).
-        cycles: Number of cycles K (default M); ``train.epochs`` must be a multiple of K so that every cycle
-            ends at an epoch boundary.
+        cycles: Number of cycles K (default M).
+        cycle_epochs: Epochs per cycle; the run then trains K·``cycle_epochs`` epochs. Default: ``train.epochs``
+            split into K cycles (it must be a multiple of K, so that every cycle ends at an epoch boundary).
     """
 
     members: int = Field(default=5, gt=0)
     cycles: int | None = Field(default=None, gt=0)
+    cycle_epochs: int | None = Field(default=None, gt=0)
 
 
 def copy_into(slot: nn.Module, worker: nn.Module) -> None:
@@ -51,10 +53,10 @@ class Snapshot(Method):
         self.cycles = self.options.cycles or self.options.members
         if self.cycles < self.options.members:
             raise UserError(f"config error: method.cycles: must be >= members ({self.options.members})")
-        if cfg.train.epochs % self.cycles:
+        if self.options.cycle_epochs is None and cfg.train.epochs % self.cycles:
             raise UserError(
                 f"config error: train.epochs: {cfg.train.epochs} epochs cannot form {self.cycles} equal snapshot "
-                f"cycles (use a multiple of {self.cycles})"
+                f"cycles (use a multiple of {self.cycles}, or set method.cycle_epochs)"
             )
         self.worker: nn.Module | None = None
 
@@ -67,7 +69,7 @@ class Snapshot(Method):
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
         train, members = self.cfg.train, self.options.members
-        per_cycle = train.epochs // self.cycles
+        per_cycle = self.options.cycle_epochs or train.epochs // self.cycles
         first_kept = self.cycles - members
 
         def collect(ctx: StageContext) -> None:
@@ -82,6 +84,7 @@ class Snapshot(Method):
                 "snapshot",
                 self.worker,
                 train,
+                epochs=per_cycle * self.cycles,
                 schedule=schedule,
                 data_seed=self.member_seed(0),
                 hooks=StageHooks(after_epoch=[collect]),

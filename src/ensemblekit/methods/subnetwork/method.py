@@ -31,7 +31,7 @@ from ensemblekit.methods.subnetwork.costs import layer_flops, saved_flops, weigh
 from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
 from ensemblekit.methods.subnetwork.options import SubnetworkOptions
 from ensemblekit.methods.subnetwork.parent import load_plain_state, parent_loader
-from ensemblekit.metrics import ensemble_metrics
+from ensemblekit.metrics import ensemble_metrics, inference_flops
 from ensemblekit.pruning import add_masks, prunable_layers, set_masks
 from ensemblekit.pruning import subnetwork_masks as sm
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
@@ -192,7 +192,7 @@ class Subnetwork(Method):
             if o.bn_refresh_batches > 0:
                 batches = ctx.engine.sample_batches(o.bn_refresh_batches, seed=self._seed(5, i))
                 images = noise.refresh_bn(child, batches)
-                ctx.engine.cost_meter.add_step(images, self._child_flops(child), backward=False)
+                ctx.engine.cost_meter.add_step(images, self._child_flops(child, ctx.engine), backward=False)
 
         return make
 
@@ -243,8 +243,11 @@ class Subnetwork(Method):
         return finish
 
     @staticmethod
-    def _child_flops(child: nn.Module) -> float:
-        return sum(layer_flops(child).values())
+    def _shape(engine) -> tuple[int, ...]:
+        return (1, *engine.data.train.images.shape[1:])
+
+    def _child_flops(self, child: nn.Module, engine) -> float:
+        return float(inference_flops(child, self._shape(engine)))
 
     def _select(self, ctx: StageContext) -> None:
         ensemble: SubnetworkEnsemble = ctx.ensemble  # type: ignore[assignment]
@@ -254,7 +257,7 @@ class Subnetwork(Method):
             probs, labels = ctx.engine.member_probs(child, "val")
             m = ensemble_metrics(probs, labels)
             scores.append(m["accuracy"] if o.select_by == "val_accuracy" else -m["nll"])
-            ctx.engine.cost_meter.add_step(len(labels), self._child_flops(child), backward=False)
+            ctx.engine.cost_meter.add_step(len(labels), self._child_flops(child, ctx.engine), backward=False)
         ranked = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[: o.members]
         ensemble.selected.copy_(torch.tensor(sorted(ranked), dtype=torch.long))
         signed = [s if o.select_by == "val_accuracy" else -s for s in scores]
@@ -276,7 +279,8 @@ class Subnetwork(Method):
     def update_record(self, record: dict[str, Any], ensemble: SubnetworkEnsemble, engine) -> None:
         """Add sparse costs, the parent's own test metrics and the selection to ``metrics.json``'s record."""
         costs = record["costs"]
-        member_saved = sum(saved_flops(net) for net in ensemble.member_nets())
+        shape = self._shape(engine)
+        member_saved = sum(saved_flops(net, input_shape=shape) for net in ensemble.member_nets())
         costs["inference_flops_sparse"] = costs["inference_flops"] - member_saved
         single = costs["inference_flops"] / costs["inference_flops_vs_single"]
         costs["inference_flops_sparse_vs_single"] = costs["inference_flops_sparse"] / single
@@ -290,7 +294,7 @@ class Subnetwork(Method):
                 dens = weight_densities(child)
                 extra = self.mean_density_factor(i, engine, ensemble)
                 dens = {k: d + (1.0 - d) * extra for k, d in dens.items()}
-                per_layer = layer_flops(child)
+                per_layer = layer_flops(child, shape)
                 saved = sum((1.0 - dens.get(n, 1.0)) * f for n, f in per_layer.items())
                 eq *= 1.0 - saved / single
             sparse_eq += eq
