@@ -73,7 +73,7 @@ def test_fge_collects_at_the_learning_rate_minima(tmp_path):
 
 
 def test_fge_reuses_a_pretrained_run(tmp_path):
-    single, s_single = _run(tmp_path, "single", {"name": "single"}, epochs=1)
+    single, _ = _run(tmp_path, "single", {"name": "single"}, epochs=1)
     method = {"name": "fge", "members": 1, "cycle_epochs": 2}
     _, own = _run(tmp_path, "own", {**method, "pretrain_epochs": 1}, epochs=1)
     rec, reused = _run(tmp_path, "reuse", {**method, "pretrain_run": str(tmp_path / "single")}, epochs=1)
