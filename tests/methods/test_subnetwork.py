@@ -328,3 +328,37 @@ def test_grow_refuses_other_methods_and_odd_pairs(tmp_path):
 def test_prunable_layers_of_children_exclude_the_classifier():
     ens = build_method(_cfg(members=2), 10, 192).build()
     assert "head.fc" not in prunable_layers(ens.child_nets[0]) and "head.fc" not in masked_layers(ens.child_nets[0])
+
+
+def test_a_killed_stochastic_run_resumes_bitwise(tmp_path, monkeypatch):
+    from ensemblekit.training.engine import Engine
+
+    cfg = _cfg(
+        family="stochastic",
+        members=2,
+        anneal_p0=0.8,
+        anneal_fraction=1.0,
+        child_epochs=2,
+        bn_refresh_batches=1,
+    )
+    train(cfg, tmp_path / "ref", quiet=True)
+    real, saves = Engine.save, []
+
+    def save_then_die(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        saves.append(args)
+        if len(saves) == 4:  # parent epoch, parent end, child_0_make end, child_0 epoch 1: mid-annealing
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(Engine, "save", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert saves[3][:2] == (2, 1)  # stage child_0, after its first epoch
+    monkeypatch.setattr(Engine, "save", real)
+    train(cfg, tmp_path / "run", resume=True, quiet=True)
+    ref, run = _state(tmp_path / "ref"), _state(tmp_path / "run")
+    assert all(_same(ref[k], run[k]) for k in ref)
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["costs"]["stages"].keys()
+        == json.loads((tmp_path / "ref" / "metrics.json").read_text())["costs"]["stages"].keys()
+    )

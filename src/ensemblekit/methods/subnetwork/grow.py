@@ -69,7 +69,10 @@ def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str,
 
     fabric = make_fabric(new_cfg)
     data = load_run_data(new_cfg)
-    method, ensemble = build_ensemble(new_cfg, data.num_classes, len(data.train.labels))
+    try:
+        method, ensemble = build_ensemble(new_cfg, data.num_classes, len(data.train.labels))
+    except UserError as exc:
+        raise UserError(f"grow: cannot add {children} children: {exc}") from None
     _load_existing(ensemble, load_checkpoint(model_path).get("state_dict"), model_path)
 
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))

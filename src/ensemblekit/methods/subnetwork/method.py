@@ -226,9 +226,13 @@ class Subnetwork(Method):
         return steps if engine.max_steps_per_epoch is None else min(steps, engine.max_steps_per_epoch)
 
     def _annealer(self, i: int, tune: Stage):
+        cache: dict[str, int] = {}
+
         def resample(ctx: StageContext) -> None:
             ensemble = ctx.ensemble
-            steps = self._anneal_steps(ctx.engine, tune)
+            if "steps" not in cache:
+                cache["steps"] = self._anneal_steps(ctx.engine, tune)
+            steps = cache["steps"]
             if ctx.global_step > steps:
                 return  # the target mask has been in place since step T_a
             masks = anneal.sample_masks(self.child_masks(i, ensemble), ctx.global_step, steps, *self._anneal_args(i))
