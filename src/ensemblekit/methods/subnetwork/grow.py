@@ -109,8 +109,7 @@ def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str,
     record = {
         **{k: v for k, v in old_record.items() if k not in ("subnetwork", "history")},
         "num_members": ensemble.num_members,
-        "metrics": result["metrics"],
-        "members": result["members"],
+        **{k: v for k, v in result.items() if k != "split"},  # metrics, members (and whatever evaluation adds)
         "costs": {
             "params": costs["params"],
             "unique_params": costs["unique_params"],
