@@ -6,6 +6,7 @@ Commands::
     ensemblekit evaluate RUN_DIR [--split test|val] [--json]
     ensemblekit describe CONFIG [--set k=v]... [--json]
     ensemblekit interpolate RUN_DIR [--members A B] [--points N] [--split test|val]
+    ensemblekit grow RUN_DIR --children K
     ensemblekit compare RUN_DIR...
     ensemblekit bench SUITE.yaml --out DIR [--resume] [--only NAME]... [--seeds N] [--quiet]
     ensemblekit report DIR
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     ip.add_argument("--members", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
     ip.add_argument("--points", type=int, default=11)
     ip.add_argument("--split", choices=["test", "val"], default="test")
+
+    g = sub.add_parser("grow", help="add K tuned children to a finished subnetwork run (existing ones unchanged)")
+    g.add_argument("run_dir")
+    g.add_argument("--children", type=int, required=True, metavar="K")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
 
     c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
     c.add_argument("run_dirs", nargs="+")
@@ -180,6 +186,16 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grow(args: argparse.Namespace) -> int:
+    from ensemblekit.methods.subnetwork.grow import grow
+
+    record = grow(args.run_dir, args.children, quiet=args.quiet)
+    m, c = record["metrics"], record["costs"]
+    rows = [("members", record["num_members"]), ("accuracy", m["accuracy"]), ("nll", m["nll"]), ("ece", m["ece"])]
+    print(_table([*rows, ("train_epoch_equivalents", c["train_epoch_equivalents"])]))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ensemblekit.bench.tables import comparison_table
 
@@ -256,6 +272,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "describe": _cmd_describe,
     "interpolate": _cmd_interpolate,
+    "grow": _cmd_grow,
     "compare": _cmd_compare,
     "bench": _cmd_bench,
     "report": _cmd_report,

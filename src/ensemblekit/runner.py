@@ -309,6 +309,8 @@ def train(
             "source": data.source,
         },
     }
+    if hasattr(method, "update_record"):  # method-specific entries (e.g. sparse costs of subnetwork children)
+        method.update_record(record, ensemble, engine)
     if fabric.global_rank == 0:
         save_model(run_dir / "model.pt", cfg, ensemble)
         write_json(run_dir / "metrics.json", record)

@@ -1,6 +1,16 @@
 """Methods: each registers how to build its ensemble and its recipe (``METHODS``)."""
 
-from ensemblekit.methods import batch_ensemble, deep_ensemble, mc_dropout, mimo, mixture, single  # noqa: F401  (registration)
+from ensemblekit.methods import (  # noqa: F401  (registration)  # noqa: F401  (registration)
+    batch_ensemble,
+    deep_ensemble,
+    fge,
+    mc_dropout,
+    mimo,
+    mixture,
+    single,
+    snapshot,
+    subnetwork,
+)
 from ensemblekit.methods.base import METHODS, Method, MethodOptions, build_method
 
 

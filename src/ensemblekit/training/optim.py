@@ -57,6 +57,8 @@ def lr_factor(spec: ScheduleSpec, step: int, steps_per_epoch: int, epochs: int, 
       * cyclic_cosine (Huang et al. 2017): ½(cos(π·mod(t, ⌈T/K⌉)/⌈T/K⌉) + 1), K = cycles.
       * flat_linear (Izmailov et al. 2018; used by NFE and Prune-and-Tune): with α = e/E, 1 for α ≤ ½,
         1 − (1 − r)(α − ½)/0.4 for ½ < α ≤ 0.9, r afterwards, r = final_ratio.
+      * linear_cyclic (Garipov et al. 2018, FGE): K = cycles cycles of L = ⌈T/K⌉ steps, τ = (mod(t, L) + 1)/L,
+        (1 − 2τ) + 2τ·r for τ ≤ ½ and (2 − 2τ)·r + (2τ − 1) otherwise, r = final_ratio = α₂/α₁: α₁ → α₂ → α₁.
       * warm-up: linear (t+1)/W over the first W = warmup_epochs·steps_per_epoch steps, then the schedule
         over the remaining steps.
     """
@@ -77,6 +79,11 @@ def lr_factor(spec: ScheduleSpec, step: int, steps_per_epoch: int, epochs: int, 
     if name == "cyclic_cosine":
         cycle = math.ceil(span / spec.cycles)
         return 0.5 * (math.cos(math.pi * (t % cycle) / cycle) + 1)
+    if name == "linear_cyclic":
+        cycle = math.ceil(span / spec.cycles)
+        tau = ((t % cycle) + 1) / cycle
+        r = spec.final_ratio
+        return (1 - 2 * tau) + 2 * tau * r if tau <= 0.5 else (2 - 2 * tau) * r + (2 * tau - 1)
     if name == "flat_linear":
         alpha = (step // max(1, steps_per_epoch)) / max(1, epochs)
         r = spec.final_ratio

@@ -1,0 +1,145 @@
+"""Dynamic growth of a finished Subnetwork Ensemble run: ``ensemblekit grow RUN_DIR --children K``.
+
+Children can be produced at any time from the stored parent (methods.md section 2(a), step 4). ``grow`` rebuilds
+the run's ensemble with ``members + K`` children, loads ``model.pt`` (parent and existing children, bitwise),
+runs only the new children's ``child_i_make``/``child_i`` stages, re-evaluates on the test split and rewrites
+``model.pt``, ``config.yaml`` and ``metrics.json`` (each atomically). Costs add the new stages to the recorded
+ones; the previous metrics are kept under ``history``. Child i's randomness depends only on (seed, i), so a
+grown run equals a run trained with ``members + K`` children from the start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ensemblekit.config import config_from_dict, config_to_dict
+from ensemblekit.errors import UserError
+from ensemblekit.methods.subnetwork.options import SubnetworkOptions
+from ensemblekit.metrics import TrainCostMeter
+from ensemblekit.run_dir import read_metrics, read_run_config, write_json, write_run_config
+from ensemblekit.training.checkpoint import load_checkpoint
+from ensemblekit.training.engine import Engine
+from ensemblekit.training.logs import RunLogger
+from ensemblekit.training.progress import Progress
+
+TOTAL_KEYS = ("train_flops", "train_epoch_equivalents", "train_seconds", "images_seen")
+
+
+def grown_config(cfg, old_members: int, children: int):
+    """The run's config with ``children`` more members (and candidates, when the config names them)."""
+    raw = config_to_dict(cfg)
+    raw.pop("meta", None)
+    method = raw["method"]
+    method["members"] = old_members + children
+    if method.get("candidates") is not None:
+        method["candidates"] = old_members + children
+    return config_from_dict(raw)
+
+
+def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str, Any]:
+    """Add ``children`` tuned children to the finished ``subnetwork`` run in ``run_dir``; return the new record."""
+    from ensemblekit.runner import (
+        build_ensemble,
+        describe_costs,
+        evaluate_ensemble,
+        load_run_data,
+        make_fabric,
+        save_model,
+        use_channels_last,
+    )
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    if cfg.method.name != "subnetwork":
+        raise UserError(f"grow: {run_dir} is a {cfg.method.name} run; only subnetwork runs can grow")
+    if children < 1:
+        raise UserError(f"grow: --children must be >= 1, got {children}")
+    model_path = run_dir / "model.pt"
+    if not model_path.is_file():
+        raise UserError(f"grow: {run_dir} has no model.pt (the run has not finished)")
+    old_record = read_metrics(run_dir)
+    old_opts = cfg.method.options()
+    old_members = int(old_opts.get("members", SubnetworkOptions.model_fields["members"].default))
+    if old_opts.get("candidates") not in (None, old_members):
+        raise UserError("grow: this run selected its members from more candidates; growing it is not supported")
+    new_cfg = grown_config(cfg, old_members, children)
+
+    fabric = make_fabric(new_cfg)
+    data = load_run_data(new_cfg)
+    try:
+        method, ensemble = build_ensemble(new_cfg, data.num_classes, len(data.train.labels))
+    except UserError as exc:
+        raise UserError(f"grow: cannot add {children} children: {exc}") from None
+    _load_existing(ensemble, load_checkpoint(model_path).get("state_dict"), model_path)
+
+    costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
+    channels_last = use_channels_last(new_cfg, fabric.device)
+    ensemble.to(fabric.device)
+    if channels_last:
+        ensemble.to(memory_format=torch.channels_last)
+    torch.manual_seed(new_cfg.train.seed)
+    meter = TrainCostMeter(costs["single_inference_flops"], len(data.train.labels))
+    engine = Engine(
+        fabric,
+        data,
+        {"ensemble": ensemble},
+        batch_size=new_cfg.data.batch_size,
+        eval_batch_size=new_cfg.data.eval_batch_size,
+        augment=new_cfg.data.augment,
+        cost_meter=meter,
+        run_dir=None,
+        progress=Progress("quiet" if quiet else "auto"),
+        max_steps_per_epoch=new_cfg.train.max_steps_per_epoch,
+        channels_last=channels_last,
+    )
+    new = range(old_members, old_members + children)
+    engine.run(method.child_stages(ensemble, new))
+
+    torch.manual_seed(new_cfg.train.seed + 1)
+    result = evaluate_ensemble(ensemble, data, "test", new_cfg.data.eval_batch_size, fabric, channels_last)
+    added = meter.summary()
+    stages = dict(old_record["costs"].get("stages", {}))
+    stages.update(added["stages"])
+    totals = {k: old_record["costs"].get(k, 0) + added[k] for k in TOTAL_KEYS}
+    history = list(old_record.get("history", []))
+    history.append({k: old_record[k] for k in ("num_members", "metrics", "costs") if k in old_record})
+    record = {
+        **{k: v for k, v in old_record.items() if k not in ("subnetwork", "history")},
+        "num_members": ensemble.num_members,
+        **{k: v for k, v in result.items() if k != "split"},  # metrics, members (and whatever evaluation adds)
+        "costs": {
+            "params": costs["params"],
+            "unique_params": costs["unique_params"],
+            "inference_flops": costs["inference_flops"],
+            "inference_flops_vs_single": costs["inference_flops_vs_single"],
+            **totals,
+            "stages": stages,
+        },
+        "history": history,
+    }
+    method.update_record(record, ensemble, engine)
+    record["subnetwork"]["grown"] = [*old_record.get("subnetwork", {}).get("grown", []), {"children": children}]
+    if fabric.global_rank == 0:
+        save_model(model_path, new_cfg, ensemble)
+        write_run_config(run_dir, new_cfg)
+        write_json(run_dir / "metrics.json", record)
+        RunLogger(run_dir).event("grow", children=children, members=ensemble.num_members, metrics=result["metrics"])
+    return record
+
+
+def _load_existing(ensemble, state: dict | None, path: Path) -> None:
+    """Load the saved parent and children into the first slots of the grown ensemble (shapes checked)."""
+    if not isinstance(state, dict):
+        raise UserError(f"grow: {path} is not an ensemblekit model file")
+    target = ensemble.state_dict()
+    merged = dict(target)
+    for key, value in state.items():
+        if key in ("selected", "val_scores"):
+            continue
+        if key not in target or tuple(target[key].shape) != tuple(value.shape):
+            raise UserError(f"grow: {path} does not match the run's config ({key})")
+        merged[key] = value
+    ensemble.load_state_dict(merged)

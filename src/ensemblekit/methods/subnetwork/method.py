@@ -1,0 +1,332 @@
+"""``subnetwork``: Neural Subnetwork Ensembles (Whitaker, dissertation; Prune and Tune, SMD, SSA, Neural Partitioning).
+
+Recipe (methods.md section 2(a)):
+
+1. ``parent``: train the parent θ_P with the config's ``train`` section (data order of ``single``), or train 0
+   epochs and load it in the stage's end hook from ``parent_run`` / ``parent_weights``.
+2. For every child i: ``child_i_make`` (0 epochs; its end hook copies θ_P into child i and perturbs it:
+   sparse Gaussian mutation, a pruning mask, or the first SSA mask; optional BN refresh), then ``child_i``: tune
+   ``child_epochs`` epochs with its own data order (seed ``1000·train.seed + 1 + i``) and by default the
+   one-cycle schedule of Prune and Tune. SSA children redraw their mask after every step.
+3. ``select`` (only when ``candidates > members``): keep the top-``members`` children by validation accuracy
+   or NLL (never test data).
+
+Children's randomness is a function of (``train.seed``, child index, or pair/partition group), never of how many
+children exist, so ``ensemblekit grow`` adds children identical to those a larger run would have trained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ensemblekit.config import config_to_dict
+from ensemblekit.errors import UserError
+from ensemblekit.methods.base import METHODS, Method
+from ensemblekit.methods.subnetwork import anneal, noise
+from ensemblekit.methods.subnetwork.costs import layer_flops, saved_flops, weight_densities
+from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
+from ensemblekit.methods.subnetwork.options import SubnetworkOptions
+from ensemblekit.methods.subnetwork.parent import load_plain_state, parent_loader
+from ensemblekit.metrics import ensemble_metrics, inference_flops
+from ensemblekit.pruning import add_masks, prunable_layers, set_masks
+from ensemblekit.pruning import subnetwork_masks as sm
+from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
+
+MASKED_FAMILIES = ("sparse", "stochastic")
+
+
+def _fail(field: str, message: str) -> UserError:
+    return UserError(f"config error: method.{field}: {message}")
+
+
+@METHODS.register("subnetwork")
+class Subnetwork(Method):
+    """Children sampled from one parent, perturbed (noise, masks or annealed masks) and briefly tuned."""
+
+    name = "subnetwork"
+    Options = SubnetworkOptions
+    summary = "Neural Subnetwork Ensembles: perturbed, tuned children of one parent (Whitaker)"
+
+    def __init__(self, cfg, num_classes: int, train_size: int) -> None:
+        super().__init__(cfg, num_classes, train_size)
+        o: SubnetworkOptions = self.options  # type: ignore[assignment]
+        self.candidates = o.candidates or o.members
+        if self.candidates < o.members:
+            raise _fail("candidates", f"must be >= members ({o.members}), got {self.candidates}")
+        if self.candidates > o.members and cfg.data.val_size == 0:
+            raise _fail("candidates", "selecting the top members needs a validation split: set data.val_size > 0")
+        if o.parent_run is not None and o.parent_weights is not None:
+            raise _fail("parent_run", "give parent_run or parent_weights, not both")
+        if o.family in MASKED_FAMILIES or o.noise_decomposition:
+            self._check_groups(o)
+        self._targets: dict[int, dict[str, torch.Tensor]] = {}
+
+    def _check_groups(self, o: SubnetworkOptions) -> None:
+        if o.family in MASKED_FAMILIES and o.masks in ("anti_random", "partition") and o.sparsity is not None:
+            raise _fail("sparsity", f"{o.masks} masks fix their own sparsity; remove method.sparsity")
+        size = self.group_size
+        if size > 1 and self.candidates % size:
+            what = "anti_random pairs" if size == 2 and o.masks == "anti_random" else f"groups of {size}"
+            raise _fail("candidates", f"{self.candidates} children cannot form {what} (use a multiple of {size})")
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def opts(self) -> SubnetworkOptions:
+        return self.options  # type: ignore[return-value]
+
+    @property
+    def group_size(self) -> int:
+        """Children sharing one random draw: 2 for anti-random pairs, k for partitions, else 1."""
+        o = self.opts
+        partitioned = (o.family in MASKED_FAMILIES and o.masks == "partition") or (
+            o.family == "noisy" and o.noise_decomposition
+        )
+        if partitioned:
+            return o.partition_parts or self.candidates
+        if o.family in MASKED_FAMILIES and o.masks == "anti_random":
+            return 2
+        return 1
+
+    def build(self) -> SubnetworkEnsemble:
+        o = self.opts
+        parent = self.backbone()
+        children = [self.backbone() for _ in range(self.candidates)]
+        if o.family in MASKED_FAMILIES:
+            for child in children:
+                add_masks(child)
+        return SubnetworkEnsemble(parent, children, o.members, include_parent=o.include_parent, combine=o.combine)
+
+    # ------------------------------------------------------------------ recipe
+    def recipe(self, ensemble: nn.Module) -> list[Stage]:
+        o, train = self.opts, self.cfg.train
+        loads = o.parent_run is not None or o.parent_weights is not None
+        parent = stage_from_train(
+            "parent",
+            ensemble.parent,
+            train,
+            epochs=0 if loads else train.epochs,
+            data_seed=self.member_seed(0),
+            hooks=StageHooks(
+                at_end=[parent_loader(o.parent_run, o.parent_weights, o.charge_parent, self._model_cfg(), "parent")]
+                if loads
+                else []
+            ),
+        )
+        stages = [parent, *self.child_stages(ensemble, range(self.candidates))]
+        if self.candidates > o.members:
+            stages.append(Stage("select", ensemble, 0, hooks=StageHooks(at_end=[self._select])))
+        return stages
+
+    def _model_cfg(self) -> dict[str, Any]:
+        return config_to_dict(self.cfg)["model"]
+
+    def child_stages(self, ensemble: nn.Module, indices) -> list[Stage]:
+        """``child_i_make`` and ``child_i`` for every index (``ensemblekit grow`` uses it for new children)."""
+        o, train = self.opts, self.cfg.train
+        optim = optim_from_train(train)
+        if o.child_lr is not None:
+            optim.lr = o.child_lr
+        if o.child_schedule == "onecycle":
+            schedule = ScheduleSpec(name="onecycle", pct_start=0.1, div_factor=100.0, final_div_factor=1.0e4)
+        else:
+            schedule = ScheduleSpec(name=o.child_schedule)
+        stages = []
+        for i in indices:
+            child = ensemble.child_nets[i]
+            tune = stage_from_train(f"child_{i}", child, train, epochs=o.child_epochs, optim=optim, schedule=schedule)
+            tune.data_seed = self.member_seed(1 + i)
+            make = Stage(f"child_{i}_make", child, 0, hooks=StageHooks(at_end=[self._maker(ensemble, i, tune)]))
+            if o.family == "stochastic":
+                tune.hooks = StageHooks(after_step=[self._annealer(i, tune)], at_end=[self._finish_annealing(i)])
+            stages += [make, tune]
+        return stages
+
+    # ------------------------------------------------------------------ seeds
+    def _seed(self, kind: int, index: int) -> int:
+        return (self.cfg.train.seed * 1_000_003 + kind * 100_003 + index) % (2**62)
+
+    def _generator(self, kind: int, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self._seed(kind, index))
+
+    # ------------------------------------------------------------------ hooks
+    def child_masks(self, i: int, ensemble: SubnetworkEnsemble) -> dict[str, torch.Tensor]:
+        """The (target) mask of child ``i``: a pure function of the seed, the index and the parent's weights."""
+        if i in self._targets:
+            return self._targets[i]
+        o = self.opts
+        child = ensemble.child_nets[i]
+        shapes = {name: tuple(m.weight.shape) for name, m in prunable_layers(child).items()}
+        sparsity = 0.5 if o.sparsity is None else o.sparsity
+        if o.masks == "random":
+            masks = sm.random_masks(shapes, sparsity, self._generator(1, i))
+        elif o.masks == "neurons":
+            masks = sm.neuron_masks(shapes, sparsity, self._generator(1, i))
+        elif o.masks == "magnitude":
+            parent = dict(ensemble.parent.named_modules())
+            masks = sm.magnitude_masks({n: parent[n].weight for n in shapes}, sparsity)
+        elif o.masks == "anti_random":
+            masks = sm.anti_random_pair(shapes, self._generator(2, i // 2))[i % 2]
+        else:
+            k = self.group_size
+            masks = sm.partition_masks(shapes, k, self._generator(3, i // k))[i % k]
+        self._targets[i] = masks
+        return masks
+
+    def _maker(self, ensemble: SubnetworkEnsemble, i: int, tune: Stage):
+        o = self.opts
+
+        def make(ctx: StageContext) -> None:
+            child = ensemble.child_nets[i]
+            load_plain_state(child, ensemble.parent.state_dict(), "network")
+            if o.family == "noisy":
+                self._mutate(child, i)
+            elif o.family == "sparse":
+                set_masks(child, self.child_masks(i, ensemble))
+            else:
+                steps = self._anneal_steps(ctx.engine, tune)
+                set_masks(child, anneal.sample_masks(self.child_masks(i, ensemble), 0, steps, *self._anneal_args(i)))
+            if o.bn_refresh_batches > 0:
+                batches = ctx.engine.sample_batches(o.bn_refresh_batches, seed=self._seed(5, i))
+                images = noise.refresh_bn(child, batches)
+                ctx.engine.cost_meter.add_step(images, self._child_flops(child, ctx.engine), backward=False)
+
+        return make
+
+    def _mutate(self, child: nn.Module, i: int) -> None:
+        o = self.opts
+        tensors = noise.noise_targets(child, o.noise_scope)
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        if o.noise_decomposition:
+            k = self.group_size
+            supports = sm.partition_masks(shapes, k, self._generator(4, i // k))[i % k]
+        elif o.noise_density == 0.0:
+            return
+        else:
+            supports = (
+                sm.random_masks(shapes, 1.0 - o.noise_density, self._generator(4, i))
+                if o.noise_density < 1
+                else {n: torch.ones(s) for n, s in shapes.items()}
+            )
+        noise.mutate(tensors, o.noise_sigma, supports, self._generator(6, i))
+
+    def _anneal_args(self, i: int) -> tuple[float, str, int]:
+        o = self.opts
+        return o.anneal_p0, o.anneal_schedule, self._seed(7, i)
+
+    def _anneal_steps(self, engine, tune: Stage) -> int:
+        return round(self.opts.anneal_fraction * self._steps_per_epoch(engine, tune) * tune.epochs)
+
+    @staticmethod
+    def _steps_per_epoch(engine, stage: Stage) -> int:
+        steps = len(engine.train_loader(stage))
+        return steps if engine.max_steps_per_epoch is None else min(steps, engine.max_steps_per_epoch)
+
+    def _annealer(self, i: int, tune: Stage):
+        cache: dict[str, int] = {}
+
+        def resample(ctx: StageContext) -> None:
+            ensemble = ctx.ensemble
+            if "steps" not in cache:
+                cache["steps"] = self._anneal_steps(ctx.engine, tune)
+            steps = cache["steps"]
+            if ctx.global_step > steps:
+                return  # the target mask has been in place since step T_a
+            masks = anneal.sample_masks(self.child_masks(i, ensemble), ctx.global_step, steps, *self._anneal_args(i))
+            set_masks(ctx.module, masks)
+
+        return resample
+
+    def _finish_annealing(self, i: int):
+        def finish(ctx: StageContext) -> None:
+            set_masks(ctx.module, self.child_masks(i, ctx.ensemble))
+
+        return finish
+
+    @staticmethod
+    def _shape(engine) -> tuple[int, ...]:
+        return (1, *engine.data.train.images.shape[1:])
+
+    def _child_flops(self, child: nn.Module, engine) -> float:
+        return float(inference_flops(child, self._shape(engine)))
+
+    def _select(self, ctx: StageContext) -> None:
+        ensemble: SubnetworkEnsemble = ctx.ensemble  # type: ignore[assignment]
+        o = self.opts
+        scores = []
+        for child in ensemble.child_nets:
+            probs, labels = ctx.engine.member_probs(child, "val")
+            m = ensemble_metrics(probs, labels)
+            scores.append(m["accuracy"] if o.select_by == "val_accuracy" else -m["nll"])
+            ctx.engine.cost_meter.add_step(len(labels), self._child_flops(child, ctx.engine), backward=False)
+        ranked = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[: o.members]
+        ensemble.selected.copy_(torch.tensor(sorted(ranked), dtype=torch.long))
+        signed = [s if o.select_by == "val_accuracy" else -s for s in scores]
+        ensemble.val_scores.copy_(torch.tensor(signed, dtype=torch.float64))
+
+    # ------------------------------------------------------------------ reporting
+    def mean_density_factor(self, i: int, engine, ensemble: SubnetworkEnsemble) -> float:
+        """Mean over tuning steps of the fraction of non-target weights that were sampled (SSA); else 0."""
+        if self.opts.family != "stochastic":
+            return 0.0
+        tune = next(s for s in self.child_stages(ensemble, [i]) if s.name == f"child_{i}")
+        total = self._steps_per_epoch(engine, tune) * tune.epochs
+        if total == 0:
+            return 0.0
+        steps = self._anneal_steps(engine, tune)
+        p0, schedule, _ = self._anneal_args(i)
+        return sum(anneal.keep_probability(t, steps, p0, schedule) for t in range(total)) / total
+
+    def update_record(self, record: dict[str, Any], ensemble: SubnetworkEnsemble, engine) -> None:
+        """Add sparse costs, the parent's own test metrics and the selection to ``metrics.json``'s record."""
+        costs = record["costs"]
+        shape = self._shape(engine)
+        member_saved = sum(saved_flops(net, input_shape=shape) for net in ensemble.member_nets())
+        costs["inference_flops_sparse"] = costs["inference_flops"] - member_saved
+        single = costs["inference_flops"] / costs["inference_flops_vs_single"]
+        costs["inference_flops_sparse_vs_single"] = costs["inference_flops_sparse"] / single
+        costs["params_nonzero"] = sum(_nonzero_params(net) for net in ensemble.member_nets())
+        sparse_eq = 0.0
+        for name, stage in costs["stages"].items():
+            eq = stage["train_epoch_equivalents"]
+            if name.startswith("child_") and not name.endswith("_make"):
+                i = int(name.split("_")[1])
+                child = ensemble.child_nets[i]
+                dens = weight_densities(child)
+                extra = self.mean_density_factor(i, engine, ensemble)
+                dens = {k: d + (1.0 - d) * extra for k, d in dens.items()}
+                per_layer = layer_flops(child, shape)
+                saved = sum((1.0 - dens.get(n, 1.0)) * f for n, f in per_layer.items())
+                eq *= 1.0 - saved / single
+            sparse_eq += eq
+        costs["train_epoch_equivalents_sparse"] = sparse_eq
+        parent_probs, labels = engine.member_probs(ensemble.parent, "test")
+        parent = ensemble_metrics(parent_probs, labels)
+        o = self.opts
+        record["subnetwork"] = {
+            "family": o.family,
+            "masks": o.masks if o.family in MASKED_FAMILIES else None,
+            "candidates": self.candidates,
+            "selected": ensemble.selected.tolist(),
+            "val_scores": [None if math.isnan(v) else v for v in ensemble.val_scores.tolist()],
+            "include_parent": o.include_parent,
+            "parent_source": "run" if o.parent_run else ("weights" if o.parent_weights else "trained"),
+            "parent_test": {k: parent[k] for k in ("accuracy", "nll", "ece", "brier")},
+            "child_density": [_density(net) for net in (ensemble.child_nets[i] for i in ensemble.selected.tolist())],
+        }
+
+
+def _nonzero_params(net: nn.Module) -> int:
+    """Non-zero entries of ``net``'s parameters, masked weights counted by their effective (masked) value."""
+    plain = sum(int((p.detach() != 0).sum()) for n, p in net.named_parameters() if ".parametrizations." not in n)
+    masked = [m for m in net.modules() if hasattr(m, "parametrizations") and "weight" in m.parametrizations]
+    return plain + sum(int((m.weight.detach() != 0).sum()) for m in masked)
+
+
+def _density(net: nn.Module) -> float:
+    dens = [(m.weight != 0).sum().item() / m.weight.numel() for m in prunable_layers(net).values()]
+    sizes = [m.weight.numel() for m in prunable_layers(net).values()]
+    return sum(d * s for d, s in zip(dens, sizes, strict=True)) / max(1, sum(sizes))

@@ -1,0 +1,71 @@
+"""Options of ``method: subnetwork`` (every choice the sources leave open is one of them; methods.md section 2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ensemblekit.methods.base import MethodOptions
+
+
+class SubnetworkOptions(MethodOptions):
+    """Options of ``subnetwork``.
+
+    Attributes:
+        members: Children in the ensemble (k of top-k).
+        candidates: Children generated and tuned (the population); ``None`` = ``members``. More than ``members``
+            keeps the top-``members`` by ``select_by`` on the validation split (needs ``data.val_size > 0``).
+        select_by: ``val_accuracy`` (higher is better) or ``val_nll`` (lower is better).
+        include_parent: Make the parent a member too (the official PAT evaluation silently does).
+        combine: ``probs`` (mean of softmax) or ``logits`` (mean of logits, the PAT evaluation script).
+        family: ``noisy`` (sparse Gaussian mutation), ``sparse`` (pruning masks) or ``stochastic`` (SSA).
+        masks: Child masks of ``sparse`` and SSA targets of ``stochastic``: ``random``, ``magnitude``,
+            ``anti_random`` (complementary 50 % pairs), ``partition`` (Neural Partitioning), ``neurons``
+            (structured, output channels).
+        sparsity: Pruned fraction for ``random``, ``magnitude`` and ``neurons`` (default 0.5); ``anti_random``
+            (always 0.5) and ``partition`` (1 − 1/parts) refuse it.
+        partition_parts: k of Neural Partitioning (default: ``candidates``); ``candidates`` must be a multiple.
+        noise_density: ρ, fraction of each tensor's entries mutated (0 = the parent itself, 1 = dense).
+        noise_sigma: σ_rel, the noise std relative to each tensor's std.
+        noise_scope: ``weights`` (conv and linear weights, classifier included) or ``all`` parameters.
+        noise_decomposition: Give the children of a group of ``partition_parts`` disjoint mutation supports
+            (a partition of every tensor; ρ = 1/k, ``noise_density`` is then ignored).
+        anneal_p0: SSA initial inclusion probability p₀ of non-target weights.
+        anneal_fraction: SSA annealing span T_a as a fraction of the child's tuning steps (0 = one-shot pruning).
+        anneal_schedule: ``linear``, ``cosine`` or ``exponential`` annealing of p(t).
+        bn_refresh_batches: Re-estimate BN statistics on this many training batches after perturbing (0 = off).
+        parent_run: A finished run directory (``single`` or ``subnetwork``) whose backbone is the parent; the
+            parent stage then trains 0 epochs.
+        parent_weights: A backbone ``state_dict`` file used as the parent (e.g. a user's pre-trained model).
+        charge_parent: With ``parent_run``, charge that run's parent training cost to this run's ``parent``
+            stage (so epoch equivalents include the parent); a ``parent_weights`` parent costs 0 (unknown).
+        child_epochs: Tuning epochs per child (0 = no tuning).
+        child_lr: Maximum tuning learning rate (default ``train.lr``).
+        child_schedule: ``onecycle`` (PAT: 10 % warm-up from lr/100 to lr, cosine to lr/1e6, per batch, momentum
+            cycled 0.95 → 0.85 → 0.95), ``constant`` (PAT's ``fixed``) or ``cosine``.
+    """
+
+    members: int = Field(default=6, gt=0)
+    candidates: int | None = Field(default=None, gt=0)
+    select_by: Literal["val_accuracy", "val_nll"] = "val_accuracy"
+    include_parent: bool = False
+    combine: Literal["probs", "logits"] = "probs"
+    family: Literal["noisy", "sparse", "stochastic"] = "sparse"
+    masks: Literal["random", "magnitude", "anti_random", "partition", "neurons"] = "anti_random"
+    sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
+    partition_parts: int | None = Field(default=None, ge=2)
+    noise_density: float = Field(default=0.1, ge=0.0, le=1.0)
+    noise_sigma: float = Field(default=0.1, ge=0.0)
+    noise_scope: Literal["weights", "all"] = "weights"
+    noise_decomposition: bool = False
+    anneal_p0: float = Field(default=0.5, ge=0.0, le=1.0)
+    anneal_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    anneal_schedule: Literal["linear", "cosine", "exponential"] = "cosine"
+    bn_refresh_batches: int = Field(default=0, ge=0)
+    parent_run: str | None = None
+    parent_weights: str | None = None
+    charge_parent: bool = True
+    child_epochs: int = Field(default=2, ge=0)
+    child_lr: float | None = Field(default=None, gt=0)
+    child_schedule: Literal["onecycle", "constant", "cosine"] = "onecycle"
