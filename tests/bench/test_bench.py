@@ -111,3 +111,12 @@ def test_results_table_reports_mean_and_std_over_seeds():
     assert agg[0]["accuracy"][0] == pytest.approx(0.6) and agg[0]["accuracy"][1] == pytest.approx(0.1414, abs=1e-3)
     md = results_markdown(agg)
     assert "60.00 ± 14.14" in md and "over 2 seeds" in md
+
+
+def test_budget_fit_skips_epochs_the_method_refuses():
+    raw = tiny_config(method={"name": "snapshot", "members": 4})  # train.epochs must be a multiple of 4
+    cost = RecipeCost(raw, num_classes=10, train_size=192)
+    assert fit_epochs(cost, 8) == (8, pytest.approx(8.0))
+    assert fit_epochs(cost, 6)[0] == 4  # 4 and 8 are equally far: the lower one
+    with pytest.raises(UserError):
+        cost(6)

@@ -19,12 +19,14 @@ import copy
 from typing import Any
 
 import torch
+from torch import nn
 
 from ensemblekit.config import config_from_dict
+from ensemblekit.errors import UserError
 from ensemblekit.metrics import inference_flops
 from ensemblekit.training.engine import measure_stage_flops
 
-MAX_EPOCHS = 100_000
+MAX_EPOCHS = 10_000
 
 
 class RecipeCost:
@@ -41,17 +43,31 @@ class RecipeCost:
     """
 
     def __init__(self, raw: dict[str, Any], num_classes: int, train_size: int, image_shape=(3, 32, 32)) -> None:
-        from ensemblekit.runner import build_ensemble
-
         self.raw, self.num_classes, self.train_size = raw, num_classes, train_size
-        cfg = config_from_dict(raw)
         with torch.random.fork_rng(devices=[]):
-            method, self.ensemble = build_ensemble(cfg, num_classes, train_size)
+            method, self.ensemble = self._build(raw)
             self.single_flops = inference_flops(method.single_backbone(), (1, *image_shape)) or 1
+        self._built_state = {k: v for k, v in method.__dict__.items() if _holds_module(v)}
         self.x = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
         self.y = torch.arange(2) % num_classes
         self._flops: dict[str, float] = {}
         self._costs: dict[int, float] = {}
+
+    def _build(self, raw: dict[str, Any]):
+        """Method and ensemble of ``raw`` (or of the first ``train.epochs`` the method accepts).
+
+        The ensemble's structure does not depend on the epochs, so one build serves every query.
+        """
+        from ensemblekit.runner import build_ensemble
+
+        trials = [raw] + [{**raw, "train": {**raw.get("train", {}), "epochs": e}} for e in range(1, 257)]
+        first = None
+        for trial in trials:
+            try:
+                return build_ensemble(config_from_dict(trial), self.num_classes, self.train_size)
+            except UserError as exc:
+                first = first or exc
+        raise first
 
     def __call__(self, epochs: int) -> float:
         """Estimated epoch-equivalents of the recipe with ``train.epochs = epochs``."""
@@ -65,6 +81,7 @@ class RecipeCost:
         raw = copy.deepcopy(self.raw)
         raw.setdefault("train", {})["epochs"] = int(epochs)
         method = build_method(config_from_dict(raw), self.num_classes, self.train_size)
+        method.__dict__.update(self._built_state)  # networks the method made in build() (e.g. a worker)
         total = 0.0
         with torch.random.fork_rng(devices=[]):
             for stage in method.recipe(self.ensemble):
@@ -77,25 +94,41 @@ class RecipeCost:
         return total / (self.train_size * self.single_flops)
 
 
-def fit_epochs(cost: RecipeCost, budget: float) -> tuple[int, float]:
-    """The ``train.epochs`` (>= 1) whose recipe cost is closest to ``budget``, and that cost.
+def _holds_module(value: Any) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(v, nn.Module) for v in value)
+    if isinstance(value, dict):
+        return any(isinstance(v, nn.Module) for v in value.values())
+    return False
 
-    Assumes the cost does not decrease with ``train.epochs`` (true of every recipe whose stage epochs grow with
-    it); found by doubling then bisection.
+
+def fit_epochs(cost: RecipeCost, budget: float) -> tuple[int, float]:
+    """The ``train.epochs`` (>= 1) whose recipe cost is closest to ``budget`` (the lower on a tie), and that cost.
+
+    Values the method refuses (e.g. snapshot ensembles need a multiple of their cycle count) are skipped. Assumes
+    the cost does not decrease with ``train.epochs``; scans upward until the cost passes the budget.
+
+    Raises:
+        UserError: no value of ``train.epochs`` up to ``MAX_EPOCHS`` is accepted by the method.
     """
     if budget <= 0:
         raise ValueError(f"budget must be positive, got {budget}")
-    lo = 1
-    if cost(lo) >= budget:
-        return lo, cost(lo)
-    hi = 2
-    while cost(hi) < budget and hi < MAX_EPOCHS:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:  # invariant: cost(lo) < budget <= cost(hi)
-        mid = (lo + hi) // 2
-        if cost(mid) < budget:
-            lo = mid
-        else:
-            hi = mid
-    below, above = cost(lo), cost(hi)
-    return (lo, below) if budget - below <= above - budget else (hi, above)
+    best: tuple[int, float] | None = None
+    first_error = None
+    for epochs in range(1, MAX_EPOCHS + 1):
+        try:
+            value = cost(epochs)
+        except UserError as exc:
+            first_error = first_error or str(exc)
+            if best is not None and epochs > 2 * best[0] + 64:
+                break
+            continue
+        if best is None or abs(value - budget) < abs(best[1] - budget):
+            best = (epochs, value)
+        if value >= budget:
+            break
+    if best is None:
+        raise UserError(f"no train.epochs meets the budget: {first_error}")
+    return best

@@ -94,7 +94,10 @@ def run_one(suite: Suite, run: SuiteRun, seed: int, out: Path, *, quiet: bool, p
     run_dir = run_dir_of(out, run.name, seed)
     budget = suite.run_budget(run)
     entry: dict[str, Any] = {"run": run.name, "seed": seed, "dir": str(run_dir.relative_to(out)), "budget": budget}
-    raw, estimate = _fit(suite.run_config(run, seed), budget)
+    try:
+        raw, estimate = _fit(suite.run_config(run, seed), budget)
+    except UserError as exc:
+        return {**entry, "state": "failed", "error": f"budget: {exc}"}
     entry.update(epochs=raw["train"].get("epochs"), estimated_epoch_equivalents=estimate)
     if (run_dir / "metrics.json").is_file():
         if not _same_config(run_dir, raw):
