@@ -189,3 +189,13 @@ def test_end_to_end_run_logs_densities_and_reports_sparse_flops(tmp_path):
     assert len(pruning) == 1 and pruning[0]["prunable_nonzero"] == pruning[0]["backbone_nonzero"]
     assert costs["prunable_nonzero"] == pruning[0]["backbone_nonzero"]
     assert len(record["members"]) == 3
+
+
+@pytest.mark.parametrize("grouping", ["bernoulli", "channels"])
+def test_the_prune_hook_is_deterministic_and_idempotent(grouping):
+    method, ens, _, batch = _fissioned(grouping=grouping, criterion="random")
+    first = {k: v.clone() for k, v in ens.state_dict().items()}
+    method.apply_fission(ens, [batch], (3, 16, 16))  # a resumed run may re-run it
+    _, other, _, _ = _fissioned(grouping=grouping, criterion="random")
+    for key, value in ens.state_dict().items():
+        assert torch.equal(value, first[key]) and torch.equal(value, other.state_dict()[key]), key

@@ -8,8 +8,8 @@ For exit logits z_i (i = 1..N) of a batch of size B:
 
 with KL summed over classes and averaged over the batch ("batchmean"), CE averaged over the batch and both
 terms *summed* over exits, no weights (official code, T = 3). The KL term is computed in float64 (the tensors are
-only ``[N, B, C]``), so identical exits give exactly 0 rather than float32 rounding of the mean. ``distill=False`` is the paper's "CE" ablation,
-L = Σ_i CE(z_i, y).
+only ``[N, B, C]``), so identical exits give 0 up to float64 rounding of the mean. ``distill=False`` is the
+paper's "CE" ablation, L = Σ_i CE(z_i, y).
 """
 
 from __future__ import annotations

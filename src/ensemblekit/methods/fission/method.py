@@ -173,6 +173,7 @@ class Fission(Method):
             if o.criterion in DATA_CRITERIA and not (o.grouping == "channels" and o.path_init == "independent"):
                 batches = engine.sample_batches(o.score_batches, self.cfg.train.seed + 7, batch_size=o.score_batch_size)
             report = self.apply_fission(ctx.ensemble, batches, input_shape)
+            engine.sync_buffers()  # DDP: every rank takes rank 0's masks (its batches differ per rank)
         images = sum(len(x) for x, _ in batches)
         steps = {"snip": 1, "grasp": 3}.get(o.criterion, 0)
         for _ in range(steps):  # SNIP: one forward+backward per image; GraSP: g, then H g (about two more)
