@@ -301,6 +301,7 @@ def train(
             "train_seconds": train_costs["train_seconds"],
             "images_seen": train_costs["images_seen"],
             "stages": train_costs["stages"],
+            **method.extra_costs(ensemble, tuple(data.train.images.shape[1:])),
         },
         "data": {
             "train_size": len(data.train.labels),

@@ -1,9 +1,10 @@
 """Methods: each registers how to build its ensemble and its recipe (``METHODS``)."""
 
-from ensemblekit.methods import (  # noqa: F401  (registration)  # noqa: F401  (registration)
+from ensemblekit.methods import (  # noqa: F401  (registration)
     batch_ensemble,
     deep_ensemble,
     fge,
+    fission,
     mc_dropout,
     mimo,
     mixture,

@@ -83,6 +83,10 @@ class Method:
         """Every module whose state a checkpoint must hold (the ensemble and any auxiliary networks)."""
         return {"ensemble": ensemble}
 
+    def extra_costs(self, ensemble: Ensemble, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
+        """Method-specific costs of the trained ensemble merged into ``metrics.json`` ``costs`` (e.g. sparse FLOPs)."""
+        return {}
+
     # -- shared helpers ------------------------------------------------------------------------
     def backbone(self, **overrides: Any) -> nn.Module:
         """A fresh backbone as the config's ``model`` section describes it (overrides win)."""

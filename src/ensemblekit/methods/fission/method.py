@@ -1,0 +1,209 @@
+"""``fission``: Network Fission Ensembles, one pruned network split into a multi-exit ensemble.
+
+Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles", arXiv 2408.02301, 2024; official code
+``hjdw2/NFE``; methods.md section 1.
+
+One backbone becomes a multi-exit network whose N exits form the ensemble:
+
+1. prune the backbone at initialisation (``criterion``, global threshold by default; the classifier and the 1x1
+   shortcut convs are never pruned) to density d = 1 − ``sparsity``;
+2. split the surviving weights of every stage traversed by several paths into disjoint groups, one per path
+   (``grouping``: ``balanced`` / ``bernoulli`` masks on full-width copies, or ``channels``: filters, so that each
+   path is a genuinely thinner dense network);
+3. exit k branches after stage k; stage s has min(s, N) copies, each carrying one group; shortcuts, BN and heads
+   are per path (:mod:`ensemblekit.methods.fission.network`);
+4. train all exits jointly with L = Σ_i CE(z_i, y) + T² Σ_i KL(q_E ‖ softmax(z_i / T)), q_E the detached
+   softmax(mean_i z_i / T) (``loss: kd``; ``ce`` drops the KL term);
+5. predict softmax(mean_i z_i) (``combine = "logits"``).
+
+Recipe: a zero-epoch ``prune`` stage whose ``at_end`` hook does steps 1-2 (the structure exists from ``build``;
+the hook only writes masks or values and is deterministic, so a resumed run may re-run it), then ``train``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from ensemblekit.ensemble import Ensemble
+from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.methods.fission.build import (
+    check_exits,
+    masked_fission,
+    scored_layers,
+    thin_fission,
+    thin_spec,
+)
+from ensemblekit.methods.fission.loss import fission_loss
+from ensemblekit.methods.fission.network import FissionNetwork
+from ensemblekit.methods.fission.split import split_masks, transfer_channels
+from ensemblekit.metrics import inference_flops
+from ensemblekit.models import Backbone, build_model
+from ensemblekit.pruning.criteria import compute_scores
+from ensemblekit.pruning.masks import density_report, get_masks, masks_from_scores, set_masks
+from ensemblekit.pruning.sparse_flops import sparse_inference_flops
+from ensemblekit.training.stage import Stage, StageContext, StageHooks, stage_from_train
+
+DATA_CRITERIA = ("snip", "grasp")
+
+
+class FissionOptions(MethodOptions):
+    """Options of ``fission`` (defaults: the paper's N = 3, s = 0.5, SNIP, T = 3).
+
+    Attributes:
+        members: Number of exits N (1 <= N <= number of backbone stages; N = 1 is the pruned single network).
+        sparsity: Fraction s of the prunable weights removed (stem and stage convs; not the classifier, not the
+            1x1 shortcuts). 0.5 in the paper's runs (the official argparse default is 0).
+        criterion: Pruning at initialisation: ``random``, ``magnitude``, ``snip`` (official code), ``grasp``,
+            ``synflow`` (:mod:`ensemblekit.pruning.criteria`).
+        scope: ``global`` threshold over all prunable layers (official code) or ``layerwise``.
+        grouping: How a split layer's weights are divided among its paths: ``balanced`` (random permutation
+            cut into equal chunks), ``bernoulli`` (the official code's coin flips, made disjoint) or
+            ``channels`` (structured: each path gets its own filters and is a thinner dense network).
+        loss: ``kd`` (CE + ensemble distillation, the paper's EED) or ``ce`` (the paper's ablation).
+        temperature: Distillation temperature T (3).
+        path_init: ``split``: every copy starts from the scored backbone's initial weights (so the paths
+            partition one pruned network); ``independent``: each path's copies come from its own freshly
+            initialised backbone (the official code scores a different initialisation than it trains). With
+            ``channels``, ``independent`` keeps the thin paths' own initialisation (no filter transfer).
+        score_batches: Mini-batches for SNIP / GraSP scores (1 in the code).
+        score_batch_size: Their batch size (512 in the code).
+        synflow_rounds: SynFlow pruning rounds (100, exponential schedule).
+        grasp_temperature: Temperature of the GraSP loss (200, as in the GraSP code).
+    """
+
+    members: int = Field(default=3, ge=1)
+    sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
+    criterion: Literal["random", "magnitude", "snip", "grasp", "synflow"] = "snip"
+    scope: Literal["global", "layerwise"] = "global"
+    grouping: Literal["balanced", "bernoulli", "channels"] = "balanced"
+    loss: Literal["kd", "ce"] = "kd"
+    temperature: float = Field(default=3.0, gt=0.0)
+    path_init: Literal["split", "independent"] = "split"
+    score_batches: int = Field(default=1, ge=1)
+    score_batch_size: int = Field(default=512, ge=1)
+    synflow_rounds: int = Field(default=100, ge=1)
+    grasp_temperature: float = Field(default=200.0, gt=0.0)
+
+
+@METHODS.register("fission")
+class Fission(Method):
+    """Prune at init, group the surviving weights among N paths of a multi-exit network, distil among exits."""
+
+    name = "fission"
+    Options = FissionOptions
+    combine = "logits"
+    summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
+
+    # -- structure -----------------------------------------------------------------------------
+    def reference(self, dropout: bool = False) -> Backbone:
+        """The backbone that is scored and split; a pure function of ``train.seed`` (the RNG is left untouched).
+
+        ``dropout=False`` builds it without dropout modules (for scoring); the weights are the same either way.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.train.seed)
+            return self.backbone() if dropout else self.backbone(dropout=0.0)
+
+    def build(self) -> Ensemble:
+        o = self.options
+        ref = self.reference(dropout=True)
+        check_exits(ref, o.members)
+        if o.grouping == "channels":
+            spec = thin_spec(ref.spec, o.members, 1.0 - o.sparsity)
+            return thin_fission([build_model(spec) for _ in range(o.members)], o.members)
+        nets = [ref] * o.members if o.path_init == "split" else [self.backbone() for _ in range(o.members)]
+        return masked_fission(nets, o.members)
+
+    # -- the prune stage -----------------------------------------------------------------------
+    def apply_fission(
+        self,
+        ensemble: FissionNetwork,
+        batches: list[tuple[torch.Tensor, torch.Tensor]],
+        input_shape: tuple[int, ...] = (3, 32, 32),
+    ) -> dict[str, Any]:
+        """Score the reference backbone, prune it and split it into ``ensemble`` (steps 1-2; deterministic).
+
+        Returns:
+            A report: the pruned backbone's per-layer densities, its non-zero count and the densities of the
+            fission network's copies.
+        """
+        o = self.options
+        device = next(ensemble.parameters()).device
+        ref = self.reference().to(device).train()
+        layers = scored_layers(ref)
+        density = 1.0 - o.sparsity
+        if o.grouping == "channels" and o.path_init == "independent":
+            return {"criterion": None, "grouping": "channels", "transfer": False}
+        scores = compute_scores(
+            o.criterion,
+            ref,
+            layers,
+            batches=batches,
+            density=density,
+            generator=torch.Generator().manual_seed(self.cfg.train.seed + 17),
+            scope=o.scope,
+            input_shape=input_shape,
+            synflow_rounds=o.synflow_rounds,
+            grasp_temperature=o.grasp_temperature,
+        )
+        report: dict[str, Any] = {"criterion": o.criterion, "grouping": o.grouping, "scope": o.scope}
+        if o.grouping == "channels":
+            selection = transfer_channels(ensemble, ref, scores, o.members, self.cfg.train.seed)
+            report["channels"] = {space: [len(c) for c in chunks] for space, chunks in selection.items()}
+            return report
+        masks = masks_from_scores(scores, density, o.scope)
+        fission_masks = split_masks(masks, len(ref.stages), o.members, o.grouping, self.cfg.train.seed)
+        set_masks(ensemble, fission_masks)
+        report["backbone_density"] = {n: float(m.float().mean()) for n, m in masks.items()}
+        report["backbone_nonzero"] = int(sum(int(m.sum()) for m in masks.values()))
+        report["backbone_weights"] = int(sum(m.numel() for m in masks.values()))
+        report["fission_density"] = {n: r["density"] for n, r in density_report(ensemble).items()}
+        return report
+
+    def _prune_hook(self, ctx: StageContext) -> None:
+        engine, o = ctx.engine, self.options
+        meter = engine.cost_meter
+        input_shape = tuple(engine.data.train.images.shape[1:])
+        with meter.timer():
+            batches = []
+            if o.criterion in DATA_CRITERIA and not (o.grouping == "channels" and o.path_init == "independent"):
+                batches = engine.sample_batches(o.score_batches, self.cfg.train.seed + 7, batch_size=o.score_batch_size)
+            report = self.apply_fission(ctx.ensemble, batches, input_shape)
+            engine.sync_buffers()  # DDP: every rank takes rank 0's masks (its batches differ per rank)
+        images = sum(len(x) for x, _ in batches)
+        steps = {"snip": 1, "grasp": 3}.get(o.criterion, 0)
+        for _ in range(steps):  # SNIP: one forward+backward per image; GraSP: g, then H g (about two more)
+            meter.add_step(images, meter.single_forward_flops)
+        if o.criterion == "synflow" and report.get("criterion"):
+            meter.add_step(o.synflow_rounds, meter.single_forward_flops)
+        report.update(self.extra_costs(ctx.ensemble, input_shape))
+        engine.logger.event("pruning", **report)
+
+    def recipe(self, ensemble: Ensemble) -> list[Stage]:
+        o = self.options
+        loss = functools.partial(fission_loss, temperature=o.temperature, distill=o.loss == "kd")
+        prune = Stage(name="prune", module=ensemble, epochs=0, hooks=StageHooks(at_end=[self._prune_hook]))
+        train = stage_from_train("train", ensemble, self.cfg.train, data_seed=self.member_seed(0), loss=loss)
+        return [prune, train]
+
+    # -- costs ---------------------------------------------------------------------------------
+    def extra_costs(self, ensemble: Ensemble, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
+        """Dense and sparse inference FLOPs (non-zero weights only) and non-zero prunable weights."""
+        shape = (1, *image_shape)
+        flops = sparse_inference_flops(ensemble, shape)
+        with torch.random.fork_rng(devices=[]):
+            single = inference_flops(self.single_backbone(), shape)
+        table = dict(ensemble.named_modules())
+        nonzero = sum(int((table[n].weight.detach() != 0).sum()) for n in scored_layers(ensemble))
+        pruned = sum(int((m == 0).sum()) for m in get_masks(ensemble).values())
+        return {
+            "dense_inference_flops": flops["dense"],
+            "sparse_inference_flops": flops["sparse"],
+            "sparse_inference_flops_vs_single": flops["sparse"] / single,
+            "prunable_nonzero": nonzero,
+            "unpruned_params": sum(p.numel() for p in ensemble.parameters()) - pruned,
+        }

@@ -1,0 +1,106 @@
+"""The multi-exit ("fission") network of Network Fission Ensembles (Lee & Lee, 2024; methods.md section 1).
+
+A backbone ``stem -> stages S_1..S_K -> head`` becomes N paths (exits). Exit k (k = 1..N−1) branches after stage
+k of the main path (exit 0); stage s is duplicated for, and its weights split among, the min(s, N) paths that
+traverse it; every path has its own head. For K = 3, N = 3 (the official ``train_exit12.py``):
+
+    stem, S_1 (trunk, shared) ─┬─ S_2^0 ─┬─ S_3^0 ─ head_0      (main path, member 0)
+                               │         └─ S_3^2 ─ head_2      (exit 2, member 2)
+                               └─ S_2^1 ─── S_3^1 ─ head_1      (exit 1, member 1)
+
+Layout: ``stages[s]`` (0-based) is an ``nn.ModuleList`` of min(s + 1, N) copies; path p runs copy p of stage s
+when p <= s and the main path's copy 0 before it branches. ``forward`` returns the exit logits ``[N, B, C]``
+(the method declares ``combine = "logits"``: p̃ = softmax(mean_i z_i)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ensemblekit.ensemble import Ensemble
+
+
+def copies_per_stage(num_stages: int, exits: int) -> list[int]:
+    """Number of copies of each stage (0-based s): c_s = min(s + 1, N)."""
+    return [min(s + 1, exits) for s in range(num_stages)]
+
+
+def source_copy(path: int, stage: int) -> int:
+    """The copy of ``stage`` (0-based) that ``path`` runs: its own (``path``) once branched, else the main one (0)."""
+    return path if path <= stage else 0
+
+
+class FissionNetwork(Ensemble):
+    """Shared stem and first stage, per-path copies of later stages, one head per path.
+
+    Args:
+        stem: The input module.
+        stages: ``stages[s]`` is the list of copies of stage s (``len == min(s + 1, N)``).
+        heads: One classifier head per path (N heads).
+    """
+
+    def __init__(self, stem: nn.Module, stages: Sequence[Sequence[nn.Module]], heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        exits = len(heads)
+        if exits < 1:
+            raise ValueError("a fission network needs at least one exit")
+        if len(stages) < exits:
+            raise ValueError(f"{exits} exits need at least {exits} stages, got {len(stages)}")
+        expected = copies_per_stage(len(stages), exits)
+        if [len(c) for c in stages] != expected:
+            raise ValueError(f"copies per stage must be {expected}, got {[len(c) for c in stages]}")
+        self.stem = stem
+        self.stages = nn.ModuleList(nn.ModuleList(copies) for copies in stages)
+        self.heads = nn.ModuleList(heads)
+
+    @property
+    def num_members(self) -> int:
+        return len(self.heads)
+
+    @property
+    def num_stages(self) -> int:
+        """Number of stages K."""
+        return len(self.stages)
+
+    def path_modules(self, path: int) -> list[nn.Module]:
+        """The modules path ``path`` runs, in order: stem, one copy per stage, its head."""
+        return [
+            self.stem,
+            *(self.stages[s][source_copy(path, s)] for s in range(self.num_stages)),
+            self.heads[path],
+        ]
+
+    def owned_modules(self, path: int) -> list[nn.Module]:
+        """The stage copies and the head that only path ``path`` runs (empty stages for the main path's trunk)."""
+        own = [self.stages[s][path] for s in range(self.num_stages) if path <= s and path > 0]
+        if path == 0:
+            own = [self.stages[s][0] for s in range(self.num_stages) if len(self.stages[s]) > 1]
+        return [*own, self.heads[path]]
+
+    def forward_path(self, path: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of exit ``path`` alone."""
+        for module in self.path_modules(path):
+            x = module(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Exit logits ``[N, B, C]``; the main path's features are computed once and shared by the branches."""
+        h = self.stem(x)
+        main = []
+        for copies in self.stages:
+            h = copies[0](h)
+            main.append(h)
+        outs = [self.heads[0](main[-1])]
+        for p in range(1, self.num_members):
+            h = main[p - 1]
+            for s in range(p, self.num_stages):
+                h = self.stages[s][p](h)
+            outs.append(self.heads[p](h))
+        return torch.stack(outs, dim=0)
+
+    def total_parameter_count(self) -> int:
+        """Stored parameters (masked zeros included; the sparse count is in the method's extra costs)."""
+        return sum(p.numel() for p in self.parameters())
