@@ -80,18 +80,19 @@ def perturb_(module: nn.Module, scale: float, generator: torch.Generator) -> Non
 
 @torch.no_grad()
 def refine_identity_bns(member: nn.Module, bns: list[nn.BatchNorm2d], batches: list[torch.Tensor]) -> None:
-    """Set each identity BN's statistics to its input's data mean/variance (Net2Net's recipe for BN layers).
+    """Set each identity BN's statistics to its input's batch statistics (Net2Net's recipe for BN layers).
 
-    The member runs in eval mode, where the identity BNs pass their input unchanged whatever their statistics,
-    so one pass over ``batches`` gives every new BN's input statistics. Afterwards running mean = mu, running
-    variance = sigma^2, gamma = sqrt(sigma^2 + eps), beta = mu: still exactly the identity in eval mode and
-    close to it in train mode (where BN normalises by batch statistics).
+    One pass over ``batches`` with every BN in train mode (as in training; dropout off) while each identity BN
+    passes its input through unchanged (a forward hook returns the input), so every new BN sees the input it
+    will see in training. Afterwards running mean = mu, running variance = sigma^2 (biased, as BN normalises),
+    gamma = sqrt(sigma^2 + eps), beta = mu: still exactly the identity in eval mode, and exactly the identity in
+    train mode on a batch with those statistics. The other BNs' running statistics are restored afterwards.
     """
     from ensemblekit.models.transforms.ops import identity_bn_
 
     if not bns or not batches:
         return
-    sums = {id(bn): [0.0, 0.0, 0] for bn in bns}
+    sums: dict[int, list] = {id(bn): [0.0, 0.0, 0] for bn in bns}
 
     def _hook(bn, inputs, output):
         x = inputs[0].detach().double()
@@ -99,17 +100,26 @@ def refine_identity_bns(member: nn.Module, bns: list[nn.BatchNorm2d], batches: l
         s[0] = s[0] + x.sum(dim=(0, 2, 3))
         s[1] = s[1] + (x * x).sum(dim=(0, 2, 3))
         s[2] += x.numel() // x.shape[1]
+        return inputs[0]
 
-    was_training = member.training
+    norms = [m for m in member.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, [b.clone() for b in m.buffers()]) for m in norms]
+    modes = [(m, m.training) for m in member.modules()]
     handles = [bn.register_forward_hook(_hook) for bn in bns]
     try:
         member.eval()
+        for m in norms:
+            m.train()
         for x in batches:
             member(x)
     finally:
         for h in handles:
             h.remove()
-        member.train(was_training)
+        for m, training in modes:
+            m.training = training
+        for m, buffers in saved:
+            for b, old in zip(m.buffers(), buffers):
+                b.copy_(old)
     for bn in bns:
         total, squares, n = sums[id(bn)]
         mean = total / n
