@@ -82,9 +82,14 @@ class MotherNets(HeterogeneousMembers):
     Options = MotherNetsOptions
     summary = "MotherNets: hatch (heterogeneous) members from per-cluster MotherNets (Wasay et al., 2020)"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clusters: list[list[int]] = []
+        self.mothers = nn.ModuleList()
+
     def build(self) -> Ensemble:
         members = self.member_backbones()
-        self.clusters: list[list[int]] = []
+        self.clusters = []
         self.mothers = nn.ModuleList()
         if not self.options.from_scratch:
             specs = [m.spec for m in members]
