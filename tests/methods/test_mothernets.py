@@ -135,3 +135,11 @@ def test_heterogeneous_run_end_to_end(tmp_path):
     again = evaluate(run)
     assert again["metrics"]["accuracy"] == pytest.approx(saved["metrics"]["accuracy"])
     assert "mothernets" in comparison_table([run])
+
+
+def test_interpolation_refuses_heterogeneous_members():
+    from ensemblekit.analysis.interpolation import interpolate_members
+
+    ens = _method(architectures=ARCHS).build()
+    with pytest.raises(UserError, match="different architectures"):
+        interpolate_members(ens, 0, 2, None, None, None, 3)
