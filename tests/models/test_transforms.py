@@ -11,6 +11,7 @@ from torch import nn
 from ensemblekit.errors import UserError
 from ensemblekit.models import build_model, create_model
 from ensemblekit.models.densenet import densenet_spec
+from ensemblekit.models.resnet_cifar import resnet_spec
 from ensemblekit.models.transforms import (
     ChannelMap,
     cluster_architectures,
@@ -200,7 +201,7 @@ def test_mothernet_of_vgg_11_13_16():
 
 
 def test_mothernet_of_resnets_takes_minima():
-    specs = [create_model(n, width=w).spec for n, w in [("resnet20", 1.5), ("resnet32", 1.0), ("resnet56", 0.5)]]
+    specs = [resnet_spec(d, width=w) for d, w in [(20, 1.5), (32, 1.0), (56, 0.5)]]
     m = mother_spec(specs)
     assert m.stage_blocks == (3, 3, 3) and m.stage_channels == (8, 16, 32) and m.stem_channels == 8
     assert spec_parameters(m) < min(spec_parameters(s) for s in specs)
@@ -216,13 +217,8 @@ def test_incompatible_architectures_are_refused():
 
 
 def test_clustering_extremes_and_families():
-    specs = [
-        create_model("resnet20", width=0.5).spec,
-        create_model("vgg11", width=0.25).spec,
-        create_model("resnet56").spec,
-        create_model("vgg16", width=0.5).spec,
-        create_model("resnet32", width=0.5).spec,
-    ]
+    specs = [resnet_spec(20, width=0.5), vgg_spec(11, width=0.25), resnet_spec(56), vgg_spec(16, width=0.5)]
+    specs.append(resnet_spec(32, width=0.5))
     assert cluster_architectures(specs, 5) == [[0], [1], [2], [3], [4]]
     assert cluster_architectures(specs, 2) == [[0, 2, 4], [1, 3]]  # families never merge
     with pytest.raises(UserError, match="incompatible"):
@@ -241,11 +237,11 @@ def _disagreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 def test_noise_makes_hatched_members_disagree_more():
     torch.manual_seed(0)
-    mother = create_model("resnet8", width=0.5).eval()
-    x = torch.randn(256, 3, 32, 32)
+    mother = create_model("resnet8", width=0.25).eval()
+    x = torch.randn(128, 3, 16, 16)
     scores = {}
     for noise in (0.0, 0.05):
-        a, b = create_model("resnet8").eval(), create_model("resnet8").eval()
+        a, b = create_model("resnet8", width=0.5).eval(), create_model("resnet8", width=0.5).eval()
         for seed, member in ((1, a), (2, b)):
             gen = _gen(seed)
             hatch(mother, member, gen)
