@@ -143,3 +143,41 @@ def test_interpolation_refuses_heterogeneous_members():
     ens = _method(architectures=ARCHS).build()
     with pytest.raises(UserError, match="different architectures"):
         interpolate_members(ens, 0, 2, None, None, None, 3)
+
+
+class _Killed(Exception):
+    pass
+
+
+RESUME_METHOD = {"name": "mothernets", "architectures": ARCHS[:2], "mother_epochs": 1, "member_epochs": 2}
+RESUME_CFG = tiny_config(method=RESUME_METHOD, train={"max_steps_per_epoch": 2, "seed": 3})
+
+
+@pytest.fixture(scope="module")
+def resume_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mothernets_ref") / "run"
+    train(config_from_dict(RESUME_CFG), out, quiet=True)
+    return torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+
+# (0, 1): after the MotherNet's last epoch, before the hatch hook (the resumed run re-runs it); (2, 1): in member_0
+@pytest.mark.parametrize("kill_at", [(0, 1), (2, 1)])
+def test_interrupted_run_resumes_bitwise(resume_reference, tmp_path, monkeypatch, kill_at):
+    import ensemblekit.training.engine as engine_mod
+
+    cfg = config_from_dict(RESUME_CFG)
+    real_save = engine_mod.Engine.save
+
+    def save_then_die(self, stage_index, epoch, *args, **kwargs):
+        real_save(self, stage_index, epoch, *args, **kwargs)
+        if (stage_index, epoch) == kill_at:
+            raise _Killed
+
+    monkeypatch.setattr(engine_mod.Engine, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train(cfg, tmp_path / "run", quiet=True)
+    monkeypatch.setattr(engine_mod.Engine, "save", real_save)
+    train(cfg, tmp_path / "run", quiet=True, resume=True)
+    out = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    ref = resume_reference
+    assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref)
