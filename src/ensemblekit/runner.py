@@ -296,6 +296,8 @@ def train(
             "unique_params": costs["unique_params"],
             "inference_flops": costs["inference_flops"],
             "inference_flops_vs_single": costs["inference_flops_vs_single"],
+            "single_inference_flops": costs["single_inference_flops"],  # the unit of the *_vs_single and epoch costs
+            "single_params": costs["single_params"],
             "train_flops": train_costs["train_flops"],
             "train_epoch_equivalents": train_costs["train_epoch_equivalents"],
             "train_seconds": train_costs["train_seconds"],

@@ -134,6 +134,8 @@ def interpolate_members(
         raise UserError(f"points must be >= 2, got {points}")
     backup = {k: v.detach().clone() for k, v in ensemble.state_dict().items()}
     theta_a, theta_b = ensemble.member_state(a), ensemble.member_state(b)
+    if {k: v.shape for k, v in theta_a.items()} != {k: v.shape for k, v in theta_b.items()}:
+        raise UserError(f"members {a} and {b} have different architectures; interpolation needs equal shapes")
     results = []
     try:
         for lam in torch.linspace(0.0, 1.0, points).tolist():

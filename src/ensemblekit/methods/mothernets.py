@@ -1,0 +1,160 @@
+"""``mothernets``: train one MotherNet per cluster of members, hatch the members from it, train them further.
+
+Wasay, Hentschel, Liao, Chen & Idreos, "MotherNets: Rapid Deep Ensemble Learning", MLSys 2020 (arXiv
+1809.04270); specification in methods.md section 3. For an ensemble of (possibly all different) architectures:
+
+1. cluster the members into ``clusters`` = g groups of compatible architectures, greedily merging the pair whose
+   merged MotherNet keeps the largest share of its members' parameters
+   (:func:`~ensemblekit.models.transforms.cluster_architectures`);
+2. the MotherNet of a cluster takes, per position, the minimum number of layers/blocks, width and kernel size
+   over its members (:func:`~ensemblekit.models.transforms.mother_spec`);
+3. train each MotherNet (stage ``mother_k``);
+4. at the end of that stage, hatch every member of the cluster by function-preserving Net2Net transforms
+   (:func:`~ensemblekit.models.transforms.hatch`), then add noise N(0, (noise · std(W))²) to every conv/linear
+   weight W to break the symmetry of replicated units (:func:`~ensemblekit.models.transforms.perturb_`);
+5. train every hatched member with its own data order (stages ``member_i``);
+6. predict with the mean of the members' softmax probabilities.
+
+Every MotherNet and member exists from ``build()`` on (the MotherNets are checkpointed as ``mothers``); hatching
+only writes values, deterministically (maps and noise come from a generator seeded by ``train.seed`` and the
+member index), so a re-run of the hook after a resume gives the same weights.
+
+Epoch budget: ``train.epochs`` = E is the per-member budget of training from scratch; by default the MotherNet
+gets round(``mother_fraction`` · E) epochs and every hatched member the rest (methods.md 3(e): 40 + 10 of 50).
+Training cost = Σ_clusters T(MotherNet) + Σ_members T(member), in epochs of the largest member.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ensemblekit.ensemble import Ensemble, MemberEnsemble
+from ensemblekit.methods.base import METHODS
+from ensemblekit.methods.heterogeneous import HeterogeneousMembers, HeterogeneousOptions
+from ensemblekit.metrics import inference_flops
+from ensemblekit.models import build_model
+from ensemblekit.models.transforms import cluster_architectures, hatch, mother_spec, perturb_, refine_identity_bns
+from ensemblekit.training.stage import Stage, StageContext, StageHooks, optim_from_train, stage_from_train
+
+
+class MotherNetsOptions(HeterogeneousOptions):
+    """Options of ``mothernets``.
+
+    Attributes:
+        architectures: Member architectures (see :mod:`ensemblekit.methods.heterogeneous`).
+        clusters: g, the number of MotherNets (1 = fastest .. M = every member is its own MotherNet).
+        mother_fraction: Share of ``train.epochs`` given to the MotherNet when ``mother_epochs`` is not set.
+        mother_epochs: Epochs of every MotherNet (default round(mother_fraction · train.epochs)).
+        member_epochs: Epochs of every hatched member (default train.epochs − mother_epochs).
+        member_lr: Peak learning rate of the hatched members' stages (default ``train.lr``).
+        noise: lambda of the post-hatching noise N(0, (lambda · std(W))^2) per weight tensor (0 = none).
+        bn_batches: Training batches used to set the statistics of the BNs of identity layers added to VGG
+            members (Net2Net; forward-only, charged to the cost); 0 keeps mean 0 / variance 1.
+        from_scratch: Baseline switch: no MotherNet; every member trains ``train.epochs`` from its own random
+            initialisation (the "same members trained from scratch" of the paper's comparisons).
+    """
+
+    clusters: int = Field(default=1, ge=1)
+    mother_fraction: float = Field(default=0.8, ge=0.0, le=1.0)
+    mother_epochs: int | None = Field(default=None, ge=0)
+    member_epochs: int | None = Field(default=None, ge=0)
+    member_lr: float | None = Field(default=None, gt=0)
+    noise: float = Field(default=0.01, ge=0.0)
+    bn_batches: int = Field(default=4, ge=0)
+    from_scratch: bool = False
+
+    @model_validator(mode="after")
+    def _clusters_fit(self) -> MotherNetsOptions:
+        if self.clusters > self.members:
+            raise ValueError(f"clusters ({self.clusters}) cannot exceed the number of members ({self.members})")
+        return self
+
+
+@METHODS.register("mothernets")
+class MotherNets(HeterogeneousMembers):
+    """MotherNets (Wasay et al., MLSys 2020): shared MotherNet epochs, Net2Net hatching, member training."""
+
+    name = "mothernets"
+    Options = MotherNetsOptions
+    summary = "MotherNets: hatch (heterogeneous) members from per-cluster MotherNets (Wasay et al., 2020)"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clusters: list[list[int]] = []
+        self.mothers = nn.ModuleList()
+
+    def build(self) -> Ensemble:
+        members = self.member_backbones()
+        self.clusters = []
+        self.mothers = nn.ModuleList()
+        if not self.options.from_scratch:
+            specs = [m.spec for m in members]
+            self.clusters = cluster_architectures(specs, self.options.clusters)
+            for cluster in self.clusters:
+                self.mothers.append(build_model(mother_spec([specs[i] for i in cluster])))
+        return MemberEnsemble(members)
+
+    def state_modules(self, ensemble: Ensemble) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {"ensemble": ensemble}
+        if len(self.mothers):
+            modules["mothers"] = self.mothers
+        return modules
+
+    def epochs(self) -> tuple[int, int]:
+        """(MotherNet epochs, hatched-member epochs) of the recipe."""
+        total, o = self.cfg.train.epochs, self.options
+        if o.from_scratch:
+            return 0, total
+        mother = o.mother_epochs if o.mother_epochs is not None else round(o.mother_fraction * total)
+        member = o.member_epochs if o.member_epochs is not None else max(0, total - mother)
+        return mother, member
+
+    def hatch_seed(self, i: int) -> int:
+        """Seed of member i's widening maps and noise."""
+        return self.cfg.train.seed * 1000 + 700 + i
+
+    def recipe(self, ensemble: Ensemble) -> list[Stage]:
+        train = self.cfg.train
+        mother_epochs, member_epochs = self.epochs()
+        stages = []
+        for k, mother in enumerate(self.mothers):
+            hook = functools.partial(self._hatch_cluster, k, ensemble)
+            stages.append(
+                stage_from_train(
+                    f"mother_{k}",
+                    mother,
+                    train,
+                    epochs=mother_epochs,
+                    data_seed=train.seed * 1000 + 500 + k,
+                    hooks=StageHooks(at_end=[hook]),
+                )
+            )
+        optim = optim_from_train(train)
+        if self.options.member_lr is not None and not self.options.from_scratch:
+            optim.lr = self.options.member_lr
+        for i, member in enumerate(ensemble.members):
+            stages.append(
+                stage_from_train(
+                    f"member_{i}", member, train, epochs=member_epochs, optim=optim, data_seed=self.member_seed(i)
+                )
+            )
+        return stages
+
+    def _hatch_cluster(self, k: int, ensemble: MemberEnsemble, ctx: StageContext) -> None:
+        """At the end of ``mother_k``: hatch, refine identity BNs, add noise, for every member of cluster k."""
+        mother = self.mothers[k]
+        for i in self.clusters[k]:
+            member = ensemble.members[i]
+            gen = torch.Generator().manual_seed(self.hatch_seed(i))
+            new_bns = hatch(mother, member, gen)
+            if new_bns and self.options.bn_batches and ctx.engine is not None:
+                batches = [x for x, _ in ctx.engine.sample_batches(self.options.bn_batches, self.hatch_seed(i))]
+                refine_identity_bns(member, new_bns, batches)
+                flops = inference_flops(member, (1, *batches[0].shape[1:]))
+                world = ctx.engine.fabric.world_size
+                ctx.engine.cost_meter.add_step(sum(len(x) for x in batches) * world, flops, backward=False)
+            perturb_(member, self.options.noise, gen)

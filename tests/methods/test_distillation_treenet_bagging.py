@@ -1,0 +1,153 @@
+"""The MotherNets baselines: ``distillation`` (loss, teacher run, costs), ``treenet`` (sharing), ``bagging``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ensemblekit.config import config_from_dict
+from ensemblekit.errors import UserError
+from ensemblekit.methods import build_method
+from ensemblekit.methods.bagging import bootstrap_indices
+from ensemblekit.methods.distillation import distillation_loss, soft_targets
+from ensemblekit.metrics import count_parameters
+from ensemblekit.runner import train
+from tests.conftest import tiny_config
+
+ARCHS = [{"name": "resnet8", "width": 0.25}, {"name": "resnet8", "width": 0.5}]
+FAST = {"epochs": 1, "max_steps_per_epoch": 2}
+
+
+def _method(name, train=None, **method):
+    cfg = config_from_dict(tiny_config(method={"name": name, **method}, train=train or {}))
+    return build_method(cfg, num_classes=10, train_size=192)
+
+
+# ----------------------------------------------------------------------------------------------- distillation
+def test_distillation_loss_matches_hand_computation():
+    torch.manual_seed(0)
+    z_s, z_t, y = torch.randn(5, 4), torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    t, alpha = 3.0, 0.7
+    p_t = (z_t / t).softmax(-1)
+    log_q = (z_s / t).log_softmax(-1)
+    kl = (p_t * (p_t.log() - log_q)).sum(-1).mean()
+    ce = -z_s.log_softmax(-1)[torch.arange(5), y].mean()
+    expected = (1 - alpha) * ce + alpha * t * t * kl
+    assert distillation_loss(z_s, y, p_t, t, alpha) == pytest.approx(float(expected), rel=1e-5)
+    assert distillation_loss(z_s, y, p_t, t, 0.0) == pytest.approx(float(F.cross_entropy(z_s, y)), rel=1e-6)
+
+
+def test_soft_targets_of_an_ensemble_teacher():
+    z = torch.randn(3, 2, 5)
+    probs = soft_targets(z, 2.0, "probs")
+    assert torch.allclose(probs, (z / 2).softmax(-1).mean(0))
+    assert torch.allclose(soft_targets(z, 2.0, "logits"), (z.mean(0) / 2).softmax(-1))
+    assert torch.allclose(soft_targets(z[0], 1.0), z[0].softmax(-1))
+    assert torch.allclose(probs.sum(-1), torch.ones(2))
+
+
+def test_distillation_recipe_with_a_teacher_trained_here():
+    method = _method("distillation", architectures=ARCHS, teacher={"name": "resnet8", "width": 0.5}, teacher_epochs=3)
+    ens = method.build()
+    stages = method.recipe(ens)
+    assert [(s.name, s.epochs) for s in stages] == [("teacher", 3), ("member_0", 2), ("member_1", 2)]
+    assert stages[0].module is method.teacher and set(method.state_modules(ens)) == {"ensemble", "teacher"}
+    assert stages[1].loss is not None and stages[1].prepare_batch is not None and stages[1].hooks.after_step
+
+
+def test_distillation_from_a_teacher_run_charges_teacher_costs(tmp_path):
+    teacher_cfg = tiny_config(method={"name": "deep_ensemble", "members": 2}, train=FAST)
+    teacher_rec = train(config_from_dict(teacher_cfg), tmp_path / "teacher", quiet=True)
+    cfg = tiny_config(
+        method={"name": "distillation", "architectures": ARCHS, "teacher_run": str(tmp_path / "teacher")}, train=FAST
+    )
+    record = train(config_from_dict(cfg), tmp_path / "kd", quiet=True)
+    stages = record["costs"]["stages"]
+    assert list(stages) == ["teacher", "member_0", "member_1"]
+    assert stages["teacher"]["train_flops"] == pytest.approx(teacher_rec["costs"]["train_flops"])
+    assert stages["teacher"]["train_seconds"] == pytest.approx(teacher_rec["costs"]["train_seconds"])
+    # member stages: 3x the student's forward + 1x the (2-member) teacher's forward per image
+    method = _method("distillation", architectures=ARCHS, teacher_run=str(tmp_path / "teacher"))
+    ens = method.build()
+    from ensemblekit.metrics import inference_flops
+
+    s0, t = inference_flops(ens.members[0]), inference_flops(method.teacher)
+    steps = 2 * 32  # max_steps_per_epoch x batch_size; images_seen counts the teacher's forward images too
+    assert stages["member_0"]["images_seen"] == 2 * steps
+    assert stages["member_0"]["train_flops"] / steps == pytest.approx(3 * s0 + t, rel=1e-6)
+    # the teacher is the finished run's ensemble, frozen
+    state = torch.load(tmp_path / "teacher" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, method.teacher.state_dict()[k]) for k, v in state.items())
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    saved = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    assert saved["num_members"] == 2
+
+
+def test_distillation_errors(tmp_path):
+    with pytest.raises(UserError, match=r"no model\.pt"):
+        _method("distillation", teacher_run=str(tmp_path / "missing")).build()
+    with pytest.raises(UserError, match="only without teacher_run"):
+        _method("distillation", teacher_run=str(tmp_path), teacher_epochs=2).build()
+
+
+# ----------------------------------------------------------------------------------------------- treenet
+def test_treenet_shares_the_trunk_and_counts_it_per_member():
+    method = _method("treenet", members=3, shared_stages=2)
+    ens = method.build()
+    x = torch.randn(2, 3, 32, 32)
+    assert ens(x).shape == (3, 2, 10)
+    trunk = sum(p.numel() for p in ens.trunk.parameters())
+    branches = [sum(p.numel() for p in b.parameters()) for b in ens.branches]
+    counts = count_parameters(ens)
+    assert counts["unique_params"] == trunk + sum(branches)
+    assert counts["params"] == 3 * trunk + sum(branches)
+    assert len(ens.trunk) == 3  # stem + 2 stages
+    (stage,) = method.recipe(ens)
+    assert stage.name == "joint" and stage.member_loss == "sum" and stage.module is ens
+    # the branches are independent initialisations
+    assert not torch.equal(ens.branches[0][-1].fc.weight, ens.branches[1][-1].fc.weight)
+    with pytest.raises(UserError, match="has 3 stages"):
+        _method("treenet", shared_stages=4).build()
+
+
+def test_treenet_summed_loss_gives_the_trunk_every_branch_gradient():
+    method = _method("treenet", members=2, shared_stages=1)
+    ens = method.build()
+    (stage,) = method.recipe(ens)
+    from ensemblekit.training.losses import member_cross_entropy
+
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        out = ens(x)
+    summed = member_cross_entropy(out, y, stage.member_loss)
+    assert float(summed) == pytest.approx(sum(float(F.cross_entropy(out[i], y)) for i in range(2)), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- bagging
+def test_bootstrap_samples_are_seeded_with_replacement():
+    a, b = bootstrap_indices(10000, 10000, 1), bootstrap_indices(10000, 10000, 2)
+    assert torch.equal(a, bootstrap_indices(10000, 10000, 1)) and not torch.equal(a, b)
+    unique = a.unique().numel() / 10000
+    assert 0.62 < unique < 0.645  # 1 - 1/e = 0.632
+    assert a.min() >= 0 and a.max() < 10000
+
+
+def test_bagging_recipe_gives_each_member_its_own_resample():
+    method = _method("bagging", architectures=ARCHS, sample_fraction=0.5)
+    ens = method.build()
+    stages = method.recipe(ens)
+    assert [s.name for s in stages] == ["member_0", "member_1"]
+    assert all(len(s.train_indices) == 96 for s in stages)
+    assert not torch.equal(stages[0].train_indices, stages[1].train_indices)
+    assert stages[0].data_seed != stages[1].data_seed
+    assert [m.spec.stage_channels for m in ens.members] == [(4, 8, 16), (8, 16, 32)]
+
+
+def test_bagging_run_end_to_end(tmp_path):
+    cfg = tiny_config(method={"name": "bagging", "members": 2}, train=FAST)
+    record = train(config_from_dict(cfg), tmp_path / "run", quiet=True)
+    assert record["num_members"] == 2 and list(record["costs"]["stages"]) == ["member_0", "member_1"]
+    assert record["costs"]["train_epoch_equivalents"] > 0
