@@ -1,5 +1,6 @@
-"""Batched building blocks of the corruptions: float conversion, separable filters with border modes,
-bilinear sampling and RGB <-> HSV, all on ``[B, 3, H, W]`` tensors.
+"""Batched building blocks of the corruptions on ``[B, 3, H, W]`` tensors.
+
+Float conversion, separable filters with border modes, bilinear sampling and RGB <-> HSV.
 
 Border modes follow the libraries the reference generator used (Hendrycks & Dietterich, 2019,
 ``make_cifar_c.py``): ``"nearest"`` (edge value repeated; scikit-image ``gaussian``'s default),
@@ -23,7 +24,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float ``[0, 1]`` -> ``uint8`` as the generator's ``np.uint8(np.clip(x, 0, 1) * 255)``: clip, then truncate."""
+    """Float ``[0, 1]`` -> ``uint8`` as the generator's ``np.uint8(np.clip(x, 0, 1) * 255)``: clip, then truncate."""
     return (x.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
 
 
@@ -62,7 +63,7 @@ def separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.
 
 
 def gaussian_weights(sigma: float, truncate: float) -> torch.Tensor:
-    """SciPy ``gaussian_filter1d`` weights: ``exp(-k^2 / (2 sigma^2))``, ``|k| <= int(truncate*sigma + 0.5)``, normalised."""
+    """SciPy ``gaussian_filter1d`` weights ``exp(-k^2 / (2 sigma^2))`` for ``|k| <= int(truncate sigma + 0.5)``."""
     radius = int(truncate * float(sigma) + 0.5)
     k = torch.arange(-radius, radius + 1, dtype=torch.float64)
     w = torch.exp(-0.5 * (k / sigma) ** 2)

@@ -169,7 +169,7 @@ def zoom_matrix(n: int, factor: float) -> torch.Tensor:
     """
     ch = int(np.ceil(n / factor))
     top = (n - ch) // 2
-    m = int(round(ch * factor))
+    m = round(ch * factor)
     trim = (m - n) // 2
     j = torch.arange(trim, trim + n, dtype=torch.float64)
     src = j * (ch - 1) / (m - 1) if m > 1 else torch.zeros_like(j)

@@ -1,5 +1,6 @@
-"""Digital corruptions (Hendrycks & Dietterich, 2019, CIFAR-10-C): contrast, brightness, saturate, pixelate,
-JPEG compression and the elastic transform.
+"""Digital corruptions (Hendrycks & Dietterich, 2019, CIFAR-10-C).
+
+Contrast, brightness, saturate, pixelate, JPEG compression and the elastic transform.
 
 Parameters are those of the CIFAR-10-C generator ``make_cifar_c.py``. Pixelate and JPEG run Pillow per
 image (the generator's own calls, so they match it exactly); the others are batched torch code.

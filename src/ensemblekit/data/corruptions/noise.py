@@ -41,8 +41,10 @@ def shot_noise(images: torch.Tensor, severity: int, generator: torch.Generator) 
 
 @CORRUPTIONS.register("impulse_noise")
 def impulse_noise(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
-    """Salt and pepper (scikit-image ``random_noise(mode="s&p")``): each value is replaced with probability
-    ``c = 0.01, 0.02, 0.03, 0.05, 0.07``, by 1 or 0 with equal probability."""
+    """Salt and pepper (scikit-image ``random_noise(mode="s&p")``).
+
+    Each value is replaced with probability ``c = 0.01, 0.02, 0.03, 0.05, 0.07``, by 1 or 0 with equal odds.
+    """
     x = to_float(images)
     flipped = _rand(x, generator) <= param(IMPULSE, severity)
     salted = _rand(x, generator) <= 0.5
