@@ -3,7 +3,8 @@
 Commands::
 
     ensemblekit train CONFIG [--set k=v]... [--out DIR] [--resume] [--overwrite] [--quiet]
-    ensemblekit evaluate RUN_DIR [--split test|val] [--json]
+    ensemblekit evaluate RUN_DIR [--split test|val] [--json] [--corruptions [NAME ...]] [--severities 1-5]
+                         [--ood DATASET]...
     ensemblekit describe CONFIG [--set k=v]... [--json]
     ensemblekit interpolate RUN_DIR [--members A B] [--points N] [--split test|val]
     ensemblekit grow RUN_DIR --children K
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from ensemblekit.evaluation.cli import add_evaluate_arguments
+
+    add_evaluate_arguments(e)
 
     d = sub.add_parser("describe", help="build the ensemble and print its parameters and FLOPs")
     d.add_argument("config")
@@ -141,11 +145,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ensemblekit.evaluation.cli import check_evaluate_arguments, run_robustness
     from ensemblekit.runner import evaluate
 
+    check_evaluate_arguments(args)  # bad corruption names or severities fail before any work
     record = evaluate(args.run_dir, args.split)
+    extra = run_robustness(args)
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(json.dumps({**record, **extra}, indent=2))
         return 0
     m = record["metrics"]
     keys = [
@@ -161,6 +168,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{record['method']} ({record['num_members']} members) on {args.split}")
     print(_table([(k, m[k]) for k in keys if k in m]))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    from ensemblekit.evaluation.cli import summary_lines
+
+    for line in summary_lines(args.run_dir, extra):
+        print(line)
     return 0
 
 

@@ -38,6 +38,8 @@ class DataConfig(_Section):
     eval_batch_size: int = Field(default=500, gt=0)
     seed: int = 0
     download: bool = False
+    classes: list[int] | None = Field(default=None, min_length=1)
+    """Train and test on these classes only, relabelled 0..k-1 in the given order (``None``: all)."""
 
 
 class ModelConfig(_Section):

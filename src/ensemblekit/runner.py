@@ -91,6 +91,7 @@ def load_run_data(cfg: Config) -> DataBundle:
         val_size=d.val_size,
         seed=d.seed,
         download=d.download,
+        classes=d.classes,
     )
 
 
@@ -128,6 +129,8 @@ def describe_costs(method: Method, ensemble: nn.Module, image_shape: tuple[int, 
 
 
 def _num_classes_hint(cfg: Config) -> int | None:
+    if cfg.data.classes is not None:
+        return len(cfg.data.classes)
     return {"cifar10": 10, "cifar100": 100, "synthetic": 10}.get(cfg.data.name)
 
 

@@ -39,6 +39,7 @@ class LoadRequest:
     train_size: int | None
     test_size: int | None
     val_size: int
+    classes: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -95,8 +96,12 @@ def synthetic(request: LoadRequest) -> RawData:
             raise UserError(
                 f"{field} must be a {'non-negative' if field == 'val_size' else 'positive'} integer, got {value!r}"
             )
-    train = make_synthetic(train_size + request.val_size, "train")
-    return RawData(train, make_synthetic(test_size, "test"), "synthetic (generated, fixed seed)")
+    n_train, n_test = train_size + request.val_size, test_size
+    if request.classes:  # labels cycle over the 10 classes: generate enough for the kept ones
+        k = len(request.classes)
+        n_train, n_test = -(-n_train * 10 // k) + 10, -(-n_test * 10 // k) + 10
+    train = make_synthetic(n_train, "train")
+    return RawData(train, make_synthetic(n_test, "test"), "synthetic (generated, fixed seed)")
 
 
 def list_datasets() -> list[str]:
@@ -114,6 +119,7 @@ def load_data(
     seed: int = 0,
     download: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    classes: list[int] | None = None,
 ) -> DataBundle:
     """Load a registered data set and split it.
 
@@ -134,6 +140,8 @@ def load_data(
         seed: Seed of the hold-out and the subsets (not of the synthetic data, which is fixed).
         download: Fetch official archives that are not found.
         cache_dir: Decode-cache folder (default :func:`~ensemblekit.data.paths.resolve_cache_dir`).
+        classes: Keep only these classes (before any split), labels remapped so that ``classes[j]``
+            becomes ``j`` (see :mod:`ensemblekit.data.classes`); ``None`` keeps all.
 
     Returns:
         The :class:`DataBundle`.
@@ -142,8 +150,15 @@ def load_data(
         UserError: unknown name, bad sizes, missing (``DataNotFoundError``) or corrupt (``ChecksumError``) data.
     """
     loader = DATASETS.get(name)
-    request = LoadRequest(root, download, resolve_cache_dir(cache_dir), train_size, test_size, val_size)
+    request = LoadRequest(
+        root, download, resolve_cache_dir(cache_dir), train_size, test_size, val_size, tuple(classes or ()) or None
+    )
     raw = loader(request)
+    if classes is not None:
+        from ensemblekit.data.classes import check_classes, select_classes
+
+        classes = check_classes(classes, len(raw.train.classes), name)
+        raw.train, raw.test = select_classes(raw.train, classes), select_classes(raw.test, classes)
     train, val, test = split_data(
         raw.train, raw.test, train_size=train_size, test_size=test_size, val_size=val_size, seed=seed, name=name
     )

@@ -1,0 +1,76 @@
+"""Robustness and uncertainty evaluation of finished runs: corruptions (CIFAR-10-C style) and OOD detection.
+
+``ensemblekit evaluate RUN --corruptions [NAMES|all] [--severities 1-5] --ood DATASET`` calls
+:func:`evaluate_robustness`, which writes ``corruptions.json`` and ``ood.json`` into the run directory and
+adds their summaries to ``eval.json`` (keys ``corruptions`` and ``ood``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ensemblekit.data.corruptions import resolve_corruptions
+from ensemblekit.evaluation.corrupted import evaluate_corruptions
+from ensemblekit.evaluation.loading import LoadedRun, load_run
+from ensemblekit.evaluation.ood import evaluate_ood, load_ood_split
+from ensemblekit.run_dir import write_json
+
+
+def evaluate_robustness(
+    run_dir: str | Path,
+    *,
+    corruptions: list[str] | None = None,
+    severities: list[int] | None = None,
+    ood: list[str] | None = None,
+    seed: int = 0,
+    max_ood_images: int | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the requested evaluations on a finished run and write their JSON files.
+
+    Args:
+        run_dir: The run directory (with ``config.yaml`` and ``model.pt``).
+        corruptions: Corruption names (``"all"``/``"extra"`` expand), or ``None`` to skip corruptions.
+        severities: Severities to evaluate (default 1..5).
+        ood: OOD specs (see :mod:`ensemblekit.evaluation.ood`), or ``None`` to skip OOD detection.
+        seed: Seed of the corruptions.
+        max_ood_images: Cap on the images of each OOD set (seeded stratified subset).
+        batch_size: Evaluation batch size (default: the run's ``data.eval_batch_size``).
+        progress: Called with one line per finished corruption.
+
+    Returns:
+        ``{"corruptions": ..., "ood": ...}`` with the records written (keys absent when not requested).
+    """
+    names = resolve_corruptions(corruptions) if corruptions is not None else None  # bad names fail before loading
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, batch_size)
+    meta = {"run": str(run_dir), "method": run.cfg.method.name, "num_members": run.ensemble.num_members}
+    out: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    if names is not None:
+        cells = evaluate_corruptions(run, names, severities or [1, 2, 3, 4, 5], seed=seed, progress=progress)
+        record = {**meta, **cells}
+        write_json(run_dir / "corruptions.json", record)
+        out["corruptions"] = record
+        summary["corruptions"] = {k: record[k] for k in ("mean", "per_severity", "clean", "corruptions", "seed")}
+    if ood:
+        record = {**meta, **evaluate_ood(run, list(dict.fromkeys(ood)), max_ood_images)}
+        write_json(run_dir / "ood.json", record)
+        out["ood"] = record
+        summary["ood"] = {spec: {s: r[s] for s in record["scores"]} for spec, r in record["results"].items()}
+    eval_path = run_dir / "eval.json"
+    if summary and eval_path.is_file():
+        try:
+            existing = json.loads(eval_path.read_text())
+        except (OSError, ValueError):
+            existing = None
+        if isinstance(existing, dict):
+            write_json(eval_path, {**existing, **summary})
+    return out
+
+
+__all__ = ["LoadedRun", "evaluate_corruptions", "evaluate_ood", "evaluate_robustness", "load_ood_split", "load_run"]
