@@ -133,4 +133,4 @@ def test_shipped_suites_load_and_fit_their_budget(path):
         cost = RecipeCost(raw, num_classes=10, train_size=raw["data"].get("train_size") or 50000)
         epochs, estimate = fit_epochs(cost, budget)
         assert epochs >= 1
-        assert abs(estimate - budget) <= 0.5 * cost(1) + 1e-9, f"{run.name}: {estimate} vs budget {budget}"
+        assert abs(estimate - budget) <= 0.25 * budget, f"{run.name}: {estimate} vs budget {budget}"
