@@ -10,6 +10,8 @@ Layout::
     RUN_DIR/metrics.json         metrics, per-member metrics and costs
     RUN_DIR/eval.json            written by ``ensemblekit evaluate``
     RUN_DIR/interpolation.json   written by ``ensemblekit interpolate``
+    RUN_DIR/corruptions.json     written by ``ensemblekit evaluate --corruptions``
+    RUN_DIR/ood.json             written by ``ensemblekit evaluate --ood``
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ RUN_FILES = (
     "metrics.json",
     "eval.json",
     "interpolation.json",
+    "corruptions.json",
+    "ood.json",
+    "error.txt",
 )
 
 
