@@ -326,28 +326,17 @@ def train(
 
 def evaluate(run_dir: str | Path, split: str = "test", batch_size: int | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run from its ``config.yaml`` and ``model.pt``; write ``eval.json``."""
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    model_path = run_dir / "model.pt"
-    if not model_path.is_file():
-        raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
-    data = load_run_data(cfg)
-    _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
-    load_model_into(model_path, ensemble)
-    wants_gpu = cfg.runtime.accelerator in ("auto", "cuda", "gpu")
-    device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
-    ensemble.to(device)
-    channels_last = use_channels_last(cfg, device)
-    if channels_last:
-        ensemble.to(memory_format=torch.channels_last)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed + 1)
-        result = evaluate_ensemble(ensemble, data, split, batch_size or cfg.data.eval_batch_size, None, channels_last)
-    record = {"run": str(run_dir), "method": cfg.method.name, "num_members": ensemble.num_members, **result}
-    write_json(run_dir / "eval.json", record)
+    from ensemblekit.evaluation.loading import load_run
     from ensemblekit.training.logs import RunLogger
 
-    RunLogger(run_dir).event("evaluate", split=split, device=str(device), metrics=result["metrics"])
+    run = load_run(run_dir, batch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.cfg.train.seed + 1)
+        result = evaluate_ensemble(run.ensemble, run.data, split, run.batch_size, None, run.channels_last)
+    record = {"run": str(run.run_dir), "method": run.cfg.method.name, "num_members": run.ensemble.num_members}
+    record.update(result)
+    write_json(run.run_dir / "eval.json", record)
+    RunLogger(run.run_dir).event("evaluate", split=split, device=str(run.device), metrics=result["metrics"])
     return record
 
 

@@ -53,7 +53,8 @@ TABLE: list[tuple[str, str, str]] = [
 ]
 
 
-def _get(record: dict[str, Any], path: str) -> Any:
+def get_path(record: dict[str, Any], path: str) -> Any:
+    """``record["a"]["b"]`` for ``path = "a.b"``; ``None`` where a key is missing."""
     node: Any = record
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -78,7 +79,7 @@ def run_row(run_dir: Path, run: str, seed: int) -> dict[str, Any] | None:
     row: dict[str, Any] = {"run": run, "seed": seed}
     for name, path in FIELDS:
         source, _, key = path.rpartition(":")
-        row[name] = _get(sources[source], key)
+        row[name] = get_path(sources[source], key)
     return row
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ensemblekit.bench.results import get_path
 from ensemblekit.run_dir import read_metrics
 
 COLUMNS: list[tuple[str, str, str]] = [
@@ -24,15 +25,6 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("disagree", "metrics.disagreement", ".3f"),
     ("Fort div", "metrics.normalized_disagreement", ".3f"),
 ]
-
-
-def _get(record: dict[str, Any], path: str) -> Any:
-    node: Any = record
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -56,6 +48,6 @@ def comparison_table(run_dirs: list[str | Path]) -> str:
     rows = [header, sep]
     for run in run_dirs:
         record = read_metrics(Path(run))
-        cells = [_fmt(_get(record, path), spec) for _, path, spec in COLUMNS]
+        cells = [_fmt(get_path(record, path), spec) for _, path, spec in COLUMNS]
         rows.append(f"| {Path(run).name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
