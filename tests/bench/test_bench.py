@@ -120,3 +120,27 @@ def test_budget_fit_skips_epochs_the_method_refuses():
     assert fit_epochs(cost, 6)[0] == 4  # 4 and 8 are equally far: the lower one
     with pytest.raises(UserError):
         cost(6)
+
+
+def test_suite_evaluates_corruptions_and_reports_them(tmp_path):
+    path = tmp_path / "suite.yaml"
+    suite = {
+        "name": "c",
+        "base": BASE,
+        "budget": 1,
+        "corruptions": {"names": ["contrast", "gaussian_noise"], "severities": [1, 5], "max_images": 32},
+        "runs": [{"name": "single", "method": {"name": "single"}}],
+    }
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    status = run_suite(path, out, quiet=True, say=lambda line: None)
+    assert "corruption_seconds" in status["runs"]["single/seed0"]
+    record = json.loads((out / "runs/single/seed0/corruptions.json").read_text())
+    assert record["num_images"] == 32 and record["severities"] == [1, 5]
+    row = (out / "results.csv").read_text().splitlines()[1].split(",")
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert float(row[header.index("corrupted_accuracy")]) == pytest.approx(record["mean"]["accuracy"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**suite, "corruptions": {"names": ["fogg"]}}))
+    with pytest.raises(UserError, match="corruptions: .*fogg"):
+        load_suite(bad)

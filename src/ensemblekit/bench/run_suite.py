@@ -102,7 +102,7 @@ def run_one(suite: Suite, run: SuiteRun, seed: int, out: Path, *, quiet: bool, p
     if (run_dir / "metrics.json").is_file():
         if not _same_config(run_dir, raw):
             return {**entry, "state": "failed", "error": f"{run_dir} holds a finished run of another config"}
-        return {**entry, "state": "done", "skipped": True}
+        return _with_corruptions(suite, run_dir, {**entry, "state": "done", "skipped": True})
     resume = checkpoint_path(run_dir).is_file() and (run_dir / "config.yaml").is_file()
     if resume and not _same_config(run_dir, raw):
         return {**entry, "state": "failed", "error": f"{run_dir} holds an unfinished run of another config"}
@@ -125,7 +125,28 @@ def run_one(suite: Suite, run: SuiteRun, seed: int, out: Path, *, quiet: bool, p
         (run_dir / "error.txt").write_text(traceback.format_exc())
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {**entry, "state": "failed", "error": f"{exc.__class__.__name__}: {first} (see error.txt)"}
-    return {**entry, "state": "done", "seconds": time.perf_counter() - t0}
+    return _with_corruptions(suite, run_dir, {**entry, "state": "done", "seconds": time.perf_counter() - t0})
+
+
+def _with_corruptions(suite: Suite, run_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate a finished run on the suite's corruptions unless its corruptions.json already exists."""
+    spec = suite.corruptions
+    if spec is None or (run_dir / "corruptions.json").is_file():
+        return entry
+    from ensemblekit.evaluation import evaluate_robustness
+
+    t0 = time.perf_counter()
+    try:
+        evaluate_robustness(
+            run_dir,
+            corruptions=spec.names,
+            severities=spec.severities,
+            seed=spec.seed,
+            max_corrupted_images=spec.max_images,
+        )
+    except UserError as exc:
+        return {**entry, "corruption_error": str(exc)}
+    return {**entry, "corruption_seconds": time.perf_counter() - t0}
 
 
 def run_suite(

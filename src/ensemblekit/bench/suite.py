@@ -20,6 +20,10 @@ training every listed method under the same data, backbone and training cost::
         method: {name: mixture, param_budget: 2.0}
         set: {train.lr: 0.05}   # dotted overrides of the base config for this run
         budget: 32              # a run may have its own budget (cost curves)
+    corruptions:                # optional: evaluate every run on corrupted test images (corruptions.json)
+      names: [all]
+      severities: [1, 2, 3, 4, 5]
+      max_images: 500           # a stratified subset of the test split (None: all of it)
 
 ``budget`` is met by choosing ``train.epochs`` (see :mod:`ensemblekit.bench.budget`): every method's recipe
 derives its stages' epochs from ``train.epochs``, so the suite needs no per-method code.
@@ -51,6 +55,24 @@ class SuiteRun(BaseModel):
     budget: float | None = Field(default=None, gt=0)
 
 
+class SuiteCorruptions(BaseModel):
+    """Corruption evaluation after every run (``ensemblekit evaluate --corruptions``), written to corruptions.json.
+
+    Attributes:
+        names: Corruption names, or ``all`` (the 13 benchmark corruptions) / ``extra``.
+        severities: Severities (1..5).
+        max_images: Corrupt a seeded stratified subset of this many test images (None: the whole test split).
+        seed: Seed of the corruptions.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str] = Field(default_factory=lambda: ["all"])
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    max_images: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
 class Suite(BaseModel):
     """A benchmark suite (see the module docstring for the file format)."""
 
@@ -61,6 +83,7 @@ class Suite(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     budget: float | None = Field(default=None, gt=0)
     seeds: int = Field(default=1, gt=0)
+    corruptions: SuiteCorruptions | None = None
     runs: list[SuiteRun]
 
     def run_budget(self, run: SuiteRun) -> float | None:
@@ -95,6 +118,14 @@ def load_suite(path: str | Path) -> Suite:
         loc = ".".join(str(p) for p in first["loc"])
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise UserError(f"suite {path}: {loc}: {msg}") from None
+    if suite.corruptions is not None:
+        from ensemblekit.data.corruptions import parse_severities, resolve_corruptions
+
+        try:
+            resolve_corruptions(suite.corruptions.names)
+            parse_severities(",".join(str(v) for v in suite.corruptions.severities))
+        except UserError as exc:
+            raise UserError(f"suite {path}: corruptions: {exc}") from None
     names = [r.name for r in suite.runs]
     if not names:
         raise UserError(f"suite {path}: runs: the suite lists no runs")

@@ -15,7 +15,7 @@ from typing import Any
 from ensemblekit.data.corruptions import resolve_corruptions
 from ensemblekit.evaluation.corrupted import evaluate_corruptions
 from ensemblekit.evaluation.loading import LoadedRun, load_run
-from ensemblekit.evaluation.ood import evaluate_ood, load_ood_split
+from ensemblekit.evaluation.ood import evaluate_ood, load_ood_split, subset_split
 from ensemblekit.run_dir import write_json
 
 
@@ -27,6 +27,7 @@ def evaluate_robustness(
     ood: list[str] | None = None,
     seed: int = 0,
     max_ood_images: int | None = None,
+    max_corrupted_images: int | None = None,
     batch_size: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def evaluate_robustness(
         ood: OOD specs (see :mod:`ensemblekit.evaluation.ood`), or ``None`` to skip OOD detection.
         seed: Seed of the corruptions.
         max_ood_images: Cap on the images of each OOD set (seeded stratified subset).
+        max_corrupted_images: Evaluate corruptions on a seeded stratified subset of this many test images (a
+            cheaper estimate of the same protocol; the number used is recorded as ``num_images``).
         batch_size: Evaluation batch size (default: the run's ``data.eval_batch_size``).
         progress: Called with one line per finished corruption.
 
@@ -52,7 +55,10 @@ def evaluate_robustness(
     out: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     if names is not None:
-        cells = evaluate_corruptions(run, names, severities or [1, 2, 3, 4, 5], seed=seed, progress=progress)
+        split = subset_split(run.data.test, max_corrupted_images, seed)
+        cells = evaluate_corruptions(
+            run, names, severities or [1, 2, 3, 4, 5], seed=seed, split=split, progress=progress
+        )
         record = {**meta, **cells}
         write_json(run_dir / "corruptions.json", record)
         out["corruptions"] = record

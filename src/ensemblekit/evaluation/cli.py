@@ -23,6 +23,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--severities", metavar="LIST", help="severities, e.g. 1-5 (default), 3 or 1,3,5")
     parser.add_argument("--corruption-seed", type=int, default=0, metavar="N", help="seed of the corruptions")
     parser.add_argument(
+        "--corruption-max-images",
+        type=int,
+        metavar="N",
+        help="corrupt a seeded stratified subset of N test images (faster estimate; default: the whole test split)",
+    )
+    parser.add_argument(
         "--ood",
         action="append",
         metavar="DATASET",
@@ -39,6 +45,8 @@ def check_evaluate_arguments(args: argparse.Namespace) -> None:
     parse_severities(args.severities)
     if args.severities is not None and args.corruptions is None:
         raise UserError("--severities needs --corruptions")
+    if args.corruption_max_images is not None and args.corruption_max_images < 1:
+        raise UserError(f"--corruption-max-images must be positive, got {args.corruption_max_images}")
     if args.ood_max_images is not None and args.ood_max_images < 1:
         raise UserError(f"--ood-max-images must be positive, got {args.ood_max_images}")
 
@@ -56,6 +64,7 @@ def run_robustness(args: argparse.Namespace) -> dict[str, Any]:
         ood=args.ood,
         seed=args.corruption_seed,
         max_ood_images=args.ood_max_images,
+        max_corrupted_images=args.corruption_max_images,
         progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True),
     )
 

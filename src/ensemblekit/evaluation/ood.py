@@ -44,7 +44,8 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
-def _subset(split: ImageTensors, max_images: int | None, seed: int) -> ImageTensors:
+def subset_split(split: ImageTensors, max_images: int | None, seed: int) -> ImageTensors:
+    """A seeded stratified subset of ``max_images`` images of ``split`` (the split itself when it is no larger)."""
     if max_images is None or max_images >= len(split):
         return split
     return split.subset(stratified_indices(split.labels, max_images, seed, stream=11))
@@ -78,7 +79,7 @@ def heldout_split(run: LoadedRun) -> ImageTensors:
     if not rest:
         raise UserError("--ood heldout: data.classes lists every class, so no class is held out")
     split = load_data(d.name, d.root, train_size=None, val_size=0, seed=d.seed, classes=rest).test
-    return _subset(split, d.test_size, d.seed)
+    return subset_split(split, d.test_size, d.seed)
 
 
 def load_ood_split(run: LoadedRun, spec: str, max_images: int | None = None) -> tuple[ImageTensors, str]:
@@ -87,7 +88,7 @@ def load_ood_split(run: LoadedRun, spec: str, max_images: int | None = None) -> 
     seed = run.cfg.data.seed
     if spec == "heldout":
         split = heldout_split(run)
-        return _subset(split, max_images, seed), f"held-out classes {split.classes} of {run.cfg.data.name}"
+        return subset_split(split, max_images, seed), f"held-out classes {split.classes} of {run.cfg.data.name}"
     name, _, root = spec.partition(":")
     if name in DATASETS.names() and name != "image_folder":
         bundle = load_data(name, root or run.cfg.data.root, train_size=None, val_size=0, seed=seed)
@@ -105,7 +106,7 @@ def load_ood_split(run: LoadedRun, spec: str, max_images: int | None = None) -> 
         else:
             split = _flat_folder(path, size)
             source = f"all images under {path.resolve()}"
-    split = _subset(split, max_images, seed)
+    split = subset_split(split, max_images, seed)
     images = _resize(split.images, size)
     return ImageTensors(images, split.labels, list(split.classes)), source
 
