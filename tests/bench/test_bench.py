@@ -142,5 +142,5 @@ def test_suite_evaluates_corruptions_and_reports_them(tmp_path):
     assert float(row[header.index("corrupted_accuracy")]) == pytest.approx(record["mean"]["accuracy"])
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**suite, "corruptions": {"names": ["fogg"]}}))
-    with pytest.raises(UserError, match="corruptions: .*fogg"):
+    with pytest.raises(UserError, match=r"corruptions: .*fogg"):
         load_suite(bad)
