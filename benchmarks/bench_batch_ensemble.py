@@ -10,7 +10,9 @@ step of the whole ensemble, param groups as the method builds them) is compared 
     isolates the overhead of the rank-1 factors r, s and the member biases);
 (c) as (a) for the BatchEnsemble with plain autograd (``fused_backward: false``, the ``auto`` choice on GPUs)
     instead of the fused convolution node of :mod:`ensemblekit.layers.batch_ensemble_fused` (used in (a), (b);
-    the ``auto`` choice on CPU).
+    the ``auto`` choice on CPU);
+(d) as (a) with ``conv_execution: member_weights`` (each member's rows convolved with its formed weight: M
+    convolutions of B rows per layer, no full-size elementwise passes).
 
 Rounds are interleaved so that machine noise hits every variant alike; a variant's time is the median over rounds
 of its mean step time, and a ratio is the median over rounds of the per-round ratio.
@@ -69,6 +71,9 @@ def main() -> None:
     plain = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, fused=False)), m)
     plain = plain.to(device, memory_format=fmt)
     plain_opt = _sgd(batch_ensemble_param_groups(plain, 0.5))
+    memw = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, fused="member_weights")), m)
+    memw = memw.to(device, memory_format=fmt)
+    memw_opt = _sgd(batch_ensemble_param_groups(memw, 0.5))
     singles = [create_model(args.model, num_classes=10).to(device, memory_format=fmt) for _ in range(m)]
     single_opts = [_sgd([{"params": s.parameters()}]) for s in singles]
     x = torch.randn(b, 3, 32, 32, device=device).contiguous(memory_format=fmt)
@@ -85,6 +90,7 @@ def main() -> None:
     variants = {
         "batch_ensemble": lambda: step(ens, ens_opt, x, y.repeat(m)),
         "be_plain_autograd": lambda: step(plain, plain_opt, x, y.repeat(m)),
+        "be_member_weights": lambda: step(memw, memw_opt, x, y.repeat(m)),
         "singles_same_rows": lambda: [step(s, o, x, y) for s, o in zip(singles, single_opts)],
         "single_all_rows": lambda: step(singles[0], single_opts[0], x_all, y_all),
     }
@@ -122,6 +128,11 @@ def main() -> None:
     print(
         f"(c) BatchEnsemble step with plain autograd (fused_backward: false) / {m} single-model steps: "
         f"{ratio('be_plain_autograd', 'singles_same_rows'):.3f}"
+    )
+    r = ratio("be_member_weights", "singles_same_rows")
+    print(
+        f"(d) BatchEnsemble step with member weights (conv_execution: member_weights) / {m} single-model steps: "
+        f"{r:.3f} (target <= 1.15: {'met' if r <= 1.15 else 'NOT met'})"
     )
 
 

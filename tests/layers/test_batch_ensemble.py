@@ -222,7 +222,7 @@ def test_fused_backward_equals_plain_autograd(bias, stride, padding, channels_la
         layer = layer.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     grads = []
-    for fused in (True, False):
+    for fused in (True, False, "member_weights"):
         layer.fused = fused
         layer.zero_grad()
         xi = x.clone().requires_grad_()
@@ -230,8 +230,9 @@ def test_fused_backward_equals_plain_autograd(bias, stride, padding, channels_la
         (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view(out.shape)).sum().backward()
         grads.append([xi.grad] + [p.grad for p in layer.parameters()])
     assert len(grads[0]) == (5 if bias else 4)
-    for fused_grad, plain_grad in zip(*grads):
+    for fused_grad, plain_grad, member_grad in zip(*grads):
         torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(member_grad, plain_grad, rtol=1e-10, atol=1e-12)
 
 
 def test_fused_layer_without_input_gradient_and_under_autocast():

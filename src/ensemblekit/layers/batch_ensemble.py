@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemblekit.layers.batch_ensemble_fused import BatchEnsembleConvFunction
+from ensemblekit.layers.batch_ensemble_fused import BatchEnsembleConvFunction, BatchEnsembleMemberWeightConvFunction
 from ensemblekit.models.factory import LayerFactory
 
 FastInit = Literal["normal", "random_sign"]
-Fused = bool | Literal["auto"]
+Fused = bool | Literal["auto", "member_weights"]
 _TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated at ±2 (Keras' correction factor)
 
 
@@ -148,8 +148,10 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         fused: ``True``: :class:`~ensemblekit.layers.batch_ensemble_fused.BatchEnsembleConvFunction` (one
             autograd node, half the elementwise passes of plain autograd, same values; ~12 % faster
             forward + backward for resnet20 on CPU); ``False``: plain autograd ops (the reference; supports double
-            backward); ``"auto"``: fused on CPU, plain elsewhere (the fused backward is unmeasured on GPUs).
-            Under autocast the plain path is always used.
+            backward); ``"auto"``: fused on CPU, plain elsewhere (the fused backward is unmeasured on GPUs);
+            ``"member_weights"``: ``BatchEnsembleMemberWeightConvFunction`` of the same module (each member's
+            rows convolved with its formed weight W ⊙ s_i r_iᵀ: no full-size elementwise passes, M convolutions
+            of B rows). Under autocast the plain path is always used.
     """
 
     def __init__(
@@ -177,9 +179,12 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute y = conv(x ⊙ r_i, W) ⊙ s_i + b_i on the folded batch (one convolution for all members)."""
-        fused = self.fused is True or (self.fused == "auto" and x.device.type == "cpu")
-        if fused and not torch.is_autocast_enabled(x.device.type):
-            return BatchEnsembleConvFunction.apply(x, self.weight, self.r, self.s, self.bias, self.stride, self.padding)
+        if not torch.is_autocast_enabled(x.device.type):
+            args = (x, self.weight, self.r, self.s, self.bias, self.stride, self.padding)
+            if self.fused == "member_weights":
+                return BatchEnsembleMemberWeightConvFunction.apply(*args)
+            if self.fused is True or (self.fused == "auto" and x.device.type == "cpu"):
+                return BatchEnsembleConvFunction.apply(*args)
         return super().forward(x)
 
     def extra_repr(self) -> str:

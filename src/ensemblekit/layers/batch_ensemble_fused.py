@@ -80,3 +80,61 @@ class BatchEnsembleConvFunction(torch.autograd.Function):
         if has_bias and need_b:
             grad_b = grad.view(members, per, *grad.shape[1:]).sum(dim=(1, 3, 4))
         return grad_x, grad_w, grad_r if need_r else None, grad_s if need_s else None, grad_b, None, None
+
+
+class BatchEnsembleMemberWeightConvFunction(torch.autograd.Function):
+    """The same layer computed with member weights: ``apply(x, weight, r, s, bias, stride, padding)``.
+
+    Member i's rows are convolved with its own weight W_i = W ⊙ (s_i r_iᵀ) (formed once per step, a weight-sized
+    product), y_i = conv(x_i, W_i) + b_i, so no full-size elementwise pass runs at all: M convolutions over B rows
+    each instead of one over M·B rows plus the x ⊙ r and y ⊙ s passes. The backward is one call per member that
+    returns both ∂L/∂x_i and Γ_i = ∂L/∂W_i; the slow- and fast-weight gradients follow from Γ_i exactly as in
+    :class:`BatchEnsembleConvFunction`. The FLOPs are the folded form's; which is faster depends on the device and
+    on how well one large convolution beats M smaller ones (``benchmarks/bench_batch_ensemble.py`` measures both).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, r, s, bias, stride: int, padding: int):
+        members, rows = r.shape[0], x.shape[0]
+        if rows % members:
+            raise ValueError(f"a BatchEnsemble layer needs the batch tiled M={members} times, got {rows} rows")
+        per = rows // members
+        member_weights = weight.unsqueeze(0) * (s[:, :, None] * r[:, None, :])[..., None, None]
+        y = torch.cat(
+            [F.conv2d(x[i * per : (i + 1) * per], member_weights[i], None, stride, padding) for i in range(members)]
+        )
+        if bias is not None:
+            y.add_(_rows(bias, rows))
+        ctx.save_for_backward(x, weight, r, s, member_weights)
+        ctx.conv = (stride, padding, bias is not None)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, r, s, member_weights = ctx.saved_tensors
+        stride, padding, has_bias = ctx.conv
+        members, rows = r.shape[0], x.shape[0]
+        per = rows // members
+        conv_args = ([stride, stride], [padding, padding], [1, 1], False, [0, 0], 1)
+        need_x, need_w, need_r, need_s, need_b = ctx.needs_input_grad[:5]
+        grad_x = grad_w = grad_r = grad_s = grad_b = None
+        want_w = need_w or need_r or need_s
+        parts_x, parts_w = [], []
+        for i in range(members):
+            p = slice(i * per, (i + 1) * per)
+            gx, gw, _ = _conv_backward(grad[p], x[p], member_weights[i], None, *conv_args, [need_x, want_w, False])
+            parts_x.append(gx)
+            parts_w.append(gw)
+        if need_x:
+            grad_x = torch.cat(parts_x)
+        if want_w:
+            gamma = torch.stack(parts_w)  # Γ_i = ∂L/∂W_i, [M, out, in, k, k]
+            if need_w:
+                grad_w = (gamma * (s[:, :, None] * r[:, None, :])[..., None, None]).sum(0)
+            k = (gamma * weight).sum(dim=(3, 4))
+            grad_s = (k * r[:, None, :]).sum(2)
+            grad_r = (k * s[:, :, None]).sum(1)
+        if has_bias and need_b:
+            grad_b = grad.view(members, per, *grad.shape[1:]).sum(dim=(1, 3, 4))
+        return grad_x, grad_w, grad_r if need_r else None, grad_s if need_s else None, grad_b, None, None

@@ -86,6 +86,10 @@ class BatchEnsembleOptions(MethodOptions):
             gradients from per-member weight gradients instead of full-size products (same values, half the
             elementwise memory passes; :mod:`ensemblekit.layers.batch_ensemble_fused`); ``false``: plain
             autograd; ``auto``: fused on CPU (measured ~12 % faster there), plain on GPUs (unmeasured).
+        conv_execution: ``folded``: one convolution per layer over the folded batch, fast weights applied as
+            broadcast products (the paper's formulation); ``member_weights``: member i's rows convolved with its
+            formed weight W ⊙ s_i r_iᵀ (same values and FLOPs, no full-size elementwise passes, M convolutions
+            per layer; ``fused_backward`` then does not apply). ``benchmarks/bench_batch_ensemble.py`` compares them.
     """
 
     members: int = Field(default=4, ge=1)
@@ -95,6 +99,7 @@ class BatchEnsembleOptions(MethodOptions):
     random_sign_prob: float = Field(default=0.5, ge=0, le=1)
     fast_lr_mult: float = Field(default=0.5, gt=0)
     fused_backward: bool | Literal["auto"] = "auto"
+    conv_execution: Literal["folded", "member_weights"] = "folded"
 
 
 def batch_ensemble_param_groups(
@@ -143,8 +148,9 @@ class BatchEnsemble(Method):
     def layers(self) -> BatchEnsembleLayers:
         """The layer factory of this configuration."""
         o = self.options
+        fused = "member_weights" if o.conv_execution == "member_weights" else o.fused_backward
         return BatchEnsembleLayers(
-            o.members, o.ensemble_bn, o.fast_weight_init, o.fast_weight_std, o.random_sign_prob, o.fused_backward
+            o.members, o.ensemble_bn, o.fast_weight_init, o.fast_weight_std, o.random_sign_prob, fused
         )
 
     def build(self) -> Ensemble:
