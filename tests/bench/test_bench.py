@@ -144,3 +144,16 @@ def test_suite_evaluates_corruptions_and_reports_them(tmp_path):
     bad.write_text(yaml.safe_dump({**suite, "corruptions": {"names": ["fogg"]}}))
     with pytest.raises(UserError, match=r"corruptions: .*fogg"):
         load_suite(bad)
+
+
+def test_budget_estimate_counts_a_teachers_forward_like_the_cost_meter(tmp_path):
+    """Distillation runs a teacher in prepare_batch: estimate == what the meter charges (3 x student + teacher)."""
+    from ensemblekit.config import config_from_dict
+    from ensemblekit.runner import train
+
+    raw = tiny_config(
+        method={"name": "distillation", "architectures": [{"name": "resnet8", "width": 0.5}], "teacher_epochs": 1}
+    )
+    cost = RecipeCost(raw, num_classes=10, train_size=192)
+    record = train(config_from_dict(raw), tmp_path / "run", quiet=True)
+    assert record["costs"]["train_epoch_equivalents"] == pytest.approx(cost(2), rel=1e-6)

@@ -30,7 +30,6 @@ from ensemblekit.ensemble import Ensemble, MemberEnsemble
 from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS
 from ensemblekit.methods.heterogeneous import ArchitectureEntry, HeterogeneousMembers, HeterogeneousOptions
-from ensemblekit.metrics import inference_flops
 from ensemblekit.models import create_model
 from ensemblekit.training.stage import Stage, StageContext, StageHooks, stage_from_train
 
@@ -80,8 +79,8 @@ class TeacherSignal:
     """Runs the frozen teacher on each training batch (``prepare_batch``) and serves the loss and its cost.
 
     The engine calls ``prepare(x, y)`` before the student's forward, then ``loss(outputs, y)``; the teacher's
-    probabilities of the current batch are kept in between. ``charge`` (an ``after_step`` hook) adds the
-    teacher's forward FLOPs for that batch to the cost meter.
+    probabilities of the current batch are kept in between. The engine charges the teacher's forward FLOPs (the
+    work of ``prepare_batch``, forward only) to the training cost with the student's forward and backward.
     """
 
     def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
@@ -90,26 +89,17 @@ class TeacherSignal:
         self.alpha = alpha
         self.combine = getattr(teacher, "combine", "probs")
         self.probs: torch.Tensor | None = None
-        self.batch = 0
-        self.flops: float | None = None
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.teacher.eval()
-        if self.flops is None:
-            self.flops = float(inference_flops(self.teacher, (1, *x.shape[1:])))
         with torch.no_grad():
             self.probs = soft_targets(self.teacher(x), self.temperature, self.combine)
-        self.batch = len(x)
         return x, y
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.probs is None or len(self.probs) != len(outputs):
             raise RuntimeError("the teacher's predictions do not belong to this batch")
         return distillation_loss(outputs, targets, self.probs, self.temperature, self.alpha)
-
-    def charge(self, ctx: StageContext) -> None:
-        world = ctx.engine.fabric.world_size
-        ctx.engine.cost_meter.add_step(self.batch * world, self.flops or 0.0, backward=False)
 
 
 def load_teacher_run(run_dir: str | Path, num_classes: int, train_size: int) -> nn.Module:
@@ -170,7 +160,6 @@ class Distillation(HeterogeneousMembers):
                     data_seed=self.member_seed(i),
                     loss=signal.loss,
                     prepare_batch=signal.prepare,
-                    hooks=StageHooks(after_step=[signal.charge]),
                 )
             )
         return stages

@@ -71,10 +71,13 @@ def batch_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def measure_stage_flops(stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Forward FLOPs per unique training image of ``stage`` (after its ``prepare_batch``) on example batch ``x``.
+    """Training FLOPs of ``stage`` per unique image, in forward units: the engine charges 3x this per image.
 
-    Measured in eval mode on the first two images, without side effects on the module's mode or on any RNG;
-    ``stage.flops_per_image`` wins when set. The engine charges 3x this per image and step (forward + backward).
+    Measured in eval mode on the first two images of ``x``, without side effects on the module's mode or on any
+    RNG: the forward FLOPs f of the stage module on the prepared batch (after ``prepare_batch``: BatchEnsemble's
+    tiling, MIMO's slots), plus the FLOPs p of ``prepare_batch`` itself (a teacher's forward in distillation),
+    which runs forward only, so the charge per image is 3f + p = 3 (f + p/3). ``stage.flops_per_image`` wins
+    when set.
     """
     if stage.flops_per_image is not None:
         return float(stage.flops_per_image)
@@ -84,11 +87,14 @@ def measure_stage_flops(stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float
     module.eval()
     try:
         xs, ys = x[:2], y[:2]
+        prepare = 0.0
         if stage.prepare_batch is not None:
-            xs, ys = stage.prepare_batch(xs, ys)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                xs, ys = stage.prepare_batch(xs, ys)
+            prepare = counter.get_total_flops()
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             module(xs)
-        return counter.get_total_flops() / min(2, len(x))
+        return (counter.get_total_flops() + prepare / 3.0) / min(2, len(x))
     finally:
         module.train(was_training)
         restore_rng_state(rng)
