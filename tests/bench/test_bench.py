@@ -129,12 +129,17 @@ def test_suite_evaluates_corruptions_and_reports_them(tmp_path):
         "base": BASE,
         "budget": 1,
         "corruptions": {"names": ["contrast", "gaussian_noise"], "severities": [1, 5], "max_images": 32},
-        "runs": [{"name": "single", "method": {"name": "single"}}],
+        "interpolation_points": 3,
+        "runs": [{"name": "single", "method": {"name": "single"}}, {"name": "de", "method": {"name": "deep_ensemble"}}],
     }
     path.write_text(yaml.safe_dump(suite))
     out = tmp_path / "out"
     status = run_suite(path, out, quiet=True, say=lambda line: None)
     assert "corruption_seconds" in status["runs"]["single/seed0"]
+    assert "not available" in status["runs"]["single/seed0"]["interpolation"]  # one member: nothing to interpolate
+    curve = json.loads((out / "runs/de/seed0/interpolation.json").read_text())["curve"]
+    assert [p["lambda"] for p in curve] == [0.0, 0.5, 1.0]
+    assert (out / "plots/interpolation.png").is_file()
     record = json.loads((out / "runs/single/seed0/corruptions.json").read_text())
     assert record["num_images"] == 32 and record["severities"] == [1, 5]
     row = (out / "results.csv").read_text().splitlines()[1].split(",")

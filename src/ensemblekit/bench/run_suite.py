@@ -129,7 +129,8 @@ def run_one(suite: Suite, run: SuiteRun, seed: int, out: Path, *, quiet: bool, p
 
 
 def _with_corruptions(suite: Suite, run_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate a finished run on the suite's corruptions unless its corruptions.json already exists."""
+    """Evaluate a finished run on the suite's corruptions (and interpolation) unless already done."""
+    entry = _with_interpolation(suite, run_dir, entry)
     spec = suite.corruptions
     if spec is None or (run_dir / "corruptions.json").is_file():
         return entry
@@ -147,6 +148,20 @@ def _with_corruptions(suite: Suite, run_dir: Path, entry: dict[str, Any]) -> dic
     except UserError as exc:
         return {**entry, "corruption_error": str(exc)}
     return {**entry, "corruption_seconds": time.perf_counter() - t0}
+
+
+def _with_interpolation(suite: Suite, run_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """The member 0 -> 1 interpolation curve (interpolation.json) of runs whose ensemble supports it."""
+    points = suite.interpolation_points
+    if points is None or (run_dir / "interpolation.json").is_file():
+        return entry
+    from ensemblekit.runner import interpolate
+
+    try:
+        interpolate(run_dir, 0, 1, points)
+    except UserError as exc:  # single members, shared-parameter ensembles, heterogeneous members
+        return {**entry, "interpolation": f"not available: {exc}"}
+    return entry
 
 
 def run_suite(

@@ -20,6 +20,7 @@ training every listed method under the same data, backbone and training cost::
         method: {name: mixture, param_budget: 2.0}
         set: {train.lr: 0.05}   # dotted overrides of the base config for this run
         budget: 32              # a run may have its own budget (cost curves)
+    interpolation_points: 11    # optional: member 0 -> 1 interpolation curve of every run that supports it
     corruptions:                # optional: evaluate every run on corrupted test images (corruptions.json)
       names: [all]
       severities: [1, 2, 3, 4, 5]
@@ -84,6 +85,7 @@ class Suite(BaseModel):
     budget: float | None = Field(default=None, gt=0)
     seeds: int = Field(default=1, gt=0)
     corruptions: SuiteCorruptions | None = None
+    interpolation_points: int | None = Field(default=None, ge=2)
     runs: list[SuiteRun]
 
     def run_budget(self, run: SuiteRun) -> float | None:
