@@ -86,8 +86,9 @@ def test_folded_linear_equals_the_per_member_loop():
         torch.testing.assert_close(out[i * B : (i + 1) * B], F.linear(xi, be.member_weight(i), be.bias[i]))
 
 
-def test_the_layer_runs_one_convolution_for_all_members(monkeypatch):
-    be = BatchEnsembleConv2d(M, 4, 6, 3, padding=1)
+@pytest.mark.parametrize(("execution", "rows"), [("folded", [M * B]), ("member_weights", [B] * M)])
+def test_folded_execution_runs_one_convolution_member_weights_one_per_member(monkeypatch, execution, rows):
+    be = BatchEnsembleConv2d(M, 4, 6, 3, padding=1, execution=execution)
     calls, real = [], F.conv2d
 
     def counting(x, *args, **kwargs):
@@ -96,7 +97,7 @@ def test_the_layer_runs_one_convolution_for_all_members(monkeypatch):
 
     monkeypatch.setattr(F, "conv2d", counting)
     be(torch.randn(M * B, 4, 8, 8))
-    assert calls == [M * B]
+    assert calls == rows
 
 
 def test_rows_must_be_a_multiple_of_the_members():
@@ -222,8 +223,8 @@ def test_fused_backward_equals_plain_autograd(bias, stride, padding, channels_la
         layer = layer.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     grads = []
-    for fused in (True, False, "member_weights"):
-        layer.fused = fused
+    for fused, execution in ((True, "folded"), (False, "folded"), (False, "member_weights")):
+        layer.fused, layer.execution = fused, execution
         layer.zero_grad()
         xi = x.clone().requires_grad_()
         out = layer(xi)
@@ -251,12 +252,13 @@ def test_fused_network_step_equals_plain_autograd():
     net = build_model(create_model("resnet8", width=0.5).spec, layers=BatchEnsembleLayers(M))
     x, y = torch.randn(M * 2, 3, 16, 16), torch.randint(0, 10, (M * 2,))
     grads = []
-    for fused in (True, False):
+    for fused, execution in ((True, "folded"), (False, "folded"), (False, "member_weights")):
         for mod in net.modules():
             if isinstance(mod, BatchEnsembleConv2d):
-                mod.fused = fused
+                mod.fused, mod.execution = fused, execution
         net.zero_grad()
         F.cross_entropy(net(x), y).backward()
         grads.append([p.grad.clone() for p in net.parameters()])
-    for a, b in zip(*grads):
+    for a, b, c in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-6)

@@ -146,9 +146,17 @@ def test_fused_backward_option_selects_the_convolution_path():
         _build(fused_backward="always")
 
 
-def test_auto_uses_the_fused_node_on_cpu():
+def test_auto_uses_member_weights_on_cpu_and_folded_uses_the_fused_node():
     _, ens = _build()
-    out = ens.net.stem.conv(torch.randn(8, 3, 8, 8, requires_grad=True))
-    assert type(out.grad_fn).__name__ == "BatchEnsembleConvFunctionBackward"
-    ens.net.stem.conv.fused = False
-    assert type(ens.net.stem.conv(torch.randn(8, 3, 8, 8)).grad_fn).__name__ != "BatchEnsembleConvFunctionBackward"
+    conv = ens.net.stem.conv
+    x = torch.randn(8, 3, 8, 8, requires_grad=True)
+    assert type(conv(x).grad_fn).__name__ == "BatchEnsembleMemberWeightConvFunctionBackward"
+    conv.execution = "folded"
+    assert type(conv(x).grad_fn).__name__ == "BatchEnsembleConvFunctionBackward"
+    conv.fused = False
+    assert type(conv(x).grad_fn).__name__ not in (
+        "BatchEnsembleConvFunctionBackward",
+        "BatchEnsembleMemberWeightConvFunctionBackward",
+    )
+    _, folded = _build(conv_execution="folded")
+    assert folded.net.stem.conv.execution == "folded"

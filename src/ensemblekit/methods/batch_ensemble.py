@@ -18,8 +18,9 @@ With ``train.decay_bn_and_bias: false`` BN parameters and biases are not decayed
 
 Prediction: the input is tiled M times and p̄(y|x) = (1/M) Σ_i softmax(z_i(x)). Costs: parameters ≈ 1× (+ M·(in +
 out) fast weights per layer, + (M − 1)·K classifier biases); inference and training FLOPs M× a single model per
-image. Execution: one convolution per layer over the folded batch; on CPU the convolutions' backward is the fused
-node of :mod:`ensemblekit.layers.batch_ensemble_fused` (``fused_backward``).
+image. Execution (``conv_execution``): one convolution per layer over the folded batch (``folded``, with the fused
+backward node of :mod:`ensemblekit.layers.batch_ensemble_fused`, ``fused_backward``), or each member's rows
+convolved with its formed weight (``member_weights``, the ``auto`` choice on CPU); both give the same values.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class BatchEnsembleOptions(MethodOptions):
         conv_execution: ``folded``: one convolution per layer over the folded batch, fast weights applied as
             broadcast products (the paper's formulation); ``member_weights``: member i's rows convolved with its
             formed weight W ⊙ s_i r_iᵀ (same values and FLOPs, no full-size elementwise passes, M convolutions
-            per layer; ``fused_backward`` then does not apply). ``benchmarks/bench_batch_ensemble.py`` compares them.
+            per layer; ``fused_backward`` then does not apply); ``auto``: member weights on CPU (measured faster
+            there), folded elsewhere. ``benchmarks/bench_batch_ensemble.py`` compares them.
     """
 
     members: int = Field(default=4, ge=1)
@@ -99,7 +101,7 @@ class BatchEnsembleOptions(MethodOptions):
     random_sign_prob: float = Field(default=0.5, ge=0, le=1)
     fast_lr_mult: float = Field(default=0.5, gt=0)
     fused_backward: bool | Literal["auto"] = "auto"
-    conv_execution: Literal["folded", "member_weights"] = "folded"
+    conv_execution: Literal["auto", "folded", "member_weights"] = "auto"
 
 
 def batch_ensemble_param_groups(
@@ -148,9 +150,14 @@ class BatchEnsemble(Method):
     def layers(self) -> BatchEnsembleLayers:
         """The layer factory of this configuration."""
         o = self.options
-        fused = "member_weights" if o.conv_execution == "member_weights" else o.fused_backward
         return BatchEnsembleLayers(
-            o.members, o.ensemble_bn, o.fast_weight_init, o.fast_weight_std, o.random_sign_prob, fused
+            o.members,
+            o.ensemble_bn,
+            o.fast_weight_init,
+            o.fast_weight_std,
+            o.random_sign_prob,
+            o.fused_backward,
+            o.conv_execution,
         )
 
     def build(self) -> Ensemble:
