@@ -35,6 +35,17 @@ def _rows(values: torch.Tensor, rows: int) -> torch.Tensor:
     return values.repeat_interleave(rows // values.shape[0], dim=0)[:, :, None, None]
 
 
+def _weight_grads(gamma: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, s: torch.Tensor, need_w: bool):
+    """Slow and fast gradients from the member weight gradients Γ_i = ∂L/∂W_i (``gamma``, ``[M, out, in, k, k]``).
+
+    ∂L/∂W = Σ_i Γ_i ⊙ (s_i r_iᵀ), ∂L/∂s_i = Σ_{in,k} Γ_i ⊙ W ⊙ r_i, ∂L/∂r_i = Σ_{out,k} Γ_i ⊙ W ⊙ s_i.
+    Returns ``(grad_w or None, grad_r, grad_s)``.
+    """
+    grad_w = (gamma * (s[:, :, None] * r[:, None, :])[..., None, None]).sum(0) if need_w else None
+    k = (gamma * weight).sum(dim=(3, 4))  # Σ_k Γ_i ⊙ W, [M, out, in]
+    return grad_w, (k * s[:, :, None]).sum(1), (k * r[:, None, :]).sum(2)
+
+
 class BatchEnsembleConvFunction(torch.autograd.Function):
     """``apply(x, weight, r, s, bias, stride, padding)`` -> ``[M·B, C_out, H', W']`` (see the module docstring)."""
 
@@ -72,11 +83,7 @@ class BatchEnsembleConvFunction(torch.autograd.Function):
                     for p in (slice(i * per, (i + 1) * per) for i in range(members))
                 ]
             )
-            if need_w:
-                grad_w = (gamma * (s[:, :, None] * r[:, None, :])[..., None, None]).sum(0)
-            k = (gamma * weight).sum(dim=(3, 4))  # Σ_k Γ_i ⊙ W, [M, out, in]
-            grad_s = (k * r[:, None, :]).sum(2)
-            grad_r = (k * s[:, :, None]).sum(1)
+            grad_w, grad_r, grad_s = _weight_grads(gamma, weight, r, s, need_w)
         if has_bias and need_b:
             grad_b = grad.view(members, per, *grad.shape[1:]).sum(dim=(1, 3, 4))
         return grad_x, grad_w, grad_r if need_r else None, grad_s if need_s else None, grad_b, None, None
@@ -129,12 +136,7 @@ class BatchEnsembleMemberWeightConvFunction(torch.autograd.Function):
         if need_x:
             grad_x = torch.cat(parts_x)
         if want_w:
-            gamma = torch.stack(parts_w)  # Γ_i = ∂L/∂W_i, [M, out, in, k, k]
-            if need_w:
-                grad_w = (gamma * (s[:, :, None] * r[:, None, :])[..., None, None]).sum(0)
-            k = (gamma * weight).sum(dim=(3, 4))
-            grad_s = (k * r[:, None, :]).sum(2)
-            grad_r = (k * s[:, :, None]).sum(1)
+            grad_w, grad_r, grad_s = _weight_grads(torch.stack(parts_w), weight, r, s, need_w)
         if has_bias and need_b:
             grad_b = grad.view(members, per, *grad.shape[1:]).sum(dim=(1, 3, 4))
         return grad_x, grad_w, grad_r if need_r else None, grad_s if need_s else None, grad_b, None, None
