@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--forward-batches", type=int, default=6)
     p.add_argument("--full", action="store_true", help="generate and forward every image of every cell")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32", help="forward under bfloat16 autocast")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = resolve_corruptions([args.corruptions])
@@ -54,6 +55,7 @@ def main() -> None:
         [str(i) for i in range(10)],
     )
     model = create_model(args.model, num_classes=10).eval().to(memory_format=torch.channels_last)
+    autocast = torch.bfloat16 if args.precision == "bf16" else None
 
     # forward throughput (channels-last, eval mode, as ensemblekit evaluate on CPU)
     fwd_split = split if args.full else split.subset(torch.arange(min(n, args.batch * args.forward_batches)))
@@ -64,6 +66,7 @@ def main() -> None:
         std=CIFAR10_STD,
         batch_size=args.batch,
         channels_last=True,
+        autocast_dtype=autocast,
     )  # warm-up
     rows = []
     gen_total = fwd_total = 0.0
@@ -76,7 +79,13 @@ def main() -> None:
             if args.full:
                 t0 = time.perf_counter()
                 collect_member_probs(
-                    model, corrupted, mean=CIFAR10_MEAN, std=CIFAR10_STD, batch_size=args.batch, channels_last=True
+                    model,
+                    corrupted,
+                    mean=CIFAR10_MEAN,
+                    std=CIFAR10_STD,
+                    batch_size=args.batch,
+                    channels_last=True,
+                    autocast_dtype=autocast,
                 )
                 fwd_total += time.perf_counter() - t0
         rate = n * len(severities) / gen
@@ -86,7 +95,13 @@ def main() -> None:
     if not args.full:
         t0 = time.perf_counter()
         collect_member_probs(
-            model, fwd_split, mean=CIFAR10_MEAN, std=CIFAR10_STD, batch_size=args.batch, channels_last=True
+            model,
+            fwd_split,
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            batch_size=args.batch,
+            channels_last=True,
+            autocast_dtype=autocast,
         )
         fwd_rate = len(fwd_split) / (time.perf_counter() - t0)
     else:
@@ -101,6 +116,7 @@ def main() -> None:
         "corrupted_images": total_images,
         "threads": args.threads,
         "model": args.model,
+        "precision": args.precision,
         "members": args.members,
         "measured_on_images_per_cell": n,
         "generation_images_per_second": gen_rate,
@@ -114,7 +130,7 @@ def main() -> None:
         f"\n{len(names)} corruptions x {len(severities)} severities x {args.images} images = {total_images} images, "
         f"{args.threads} threads\n"
         f"generation {gen_rate:8.0f} images/s -> {projected_gen:7.1f} s\n"
-        f"{args.model} x{args.members} forward {fwd_rate:8.0f} images/s -> {projected_fwd:7.1f} s\n"
+        f"{args.model} x{args.members} forward ({args.precision}) {fwd_rate:8.0f} images/s -> {projected_fwd:7.1f} s\n"
         f"total {'measured' if args.full else 'projected'}: {projected_gen + projected_fwd:.1f} s "
         f"({(projected_gen + projected_fwd) / 60:.1f} min; target < 5 min)"
     )

@@ -87,3 +87,16 @@ def test_heldout_needs_classes(tmp_path, capsys):
     train(config_from_dict(tiny_config(data={"train_size": 32, "test_size": 16}, train={"epochs": 1})), out, quiet=True)
     code, _, stderr = _cli(capsys, "evaluate", str(out), "--ood", "heldout")
     assert code == 2 and "set data.classes" in stderr
+
+
+def test_bf16_precision_is_recorded_and_close_to_float32(run_dir, capsys):
+    import json
+
+    args = ("evaluate", str(run_dir), "--corruptions", "contrast", "--severities", "1", "--json")
+    assert _cli(capsys, *args)[0] == 0
+    fp32 = json.loads((run_dir / "corruptions.json").read_text())
+    assert _cli(capsys, *args, "--precision", "bf16")[0] == 0
+    bf16 = json.loads((run_dir / "corruptions.json").read_text())
+    assert fp32["precision"] == "32" and bf16["precision"] == "bf16"
+    a, b = fp32["results"]["contrast"]["1"], bf16["results"]["contrast"]["1"]
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.05 and abs(a["nll"] - b["nll"]) <= 0.05

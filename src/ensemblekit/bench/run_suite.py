@@ -144,6 +144,7 @@ def _with_corruptions(suite: Suite, run_dir: Path, entry: dict[str, Any]) -> dic
             severities=spec.severities,
             seed=spec.seed,
             max_corrupted_images=spec.max_images,
+            precision=spec.precision,
         )
     except UserError as exc:
         return {**entry, "corruption_error": str(exc)}

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -64,6 +64,7 @@ class SuiteCorruptions(BaseModel):
         severities: Severities (1..5).
         max_images: Corrupt a seeded stratified subset of this many test images (None: the whole test split).
         seed: Seed of the corruptions.
+        precision: ``"32"`` or ``"bf16"`` (forward passes under bfloat16 autocast, about 2x faster on CPU).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +73,7 @@ class SuiteCorruptions(BaseModel):
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     max_images: int | None = Field(default=None, gt=0)
     seed: int = 0
+    precision: Literal["32", "bf16"] = "32"
 
 
 class Suite(BaseModel):

@@ -29,6 +29,7 @@ def evaluate_robustness(
     max_ood_images: int | None = None,
     max_corrupted_images: int | None = None,
     batch_size: int | None = None,
+    precision: str = "32",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the requested evaluations on a finished run and write their JSON files.
@@ -43,6 +44,8 @@ def evaluate_robustness(
         max_corrupted_images: Evaluate corruptions on a seeded stratified subset of this many test images (a
             cheaper estimate of the same protocol; the number used is recorded as ``num_images``).
         batch_size: Evaluation batch size (default: the run's ``data.eval_batch_size``).
+        precision: ``"32"`` or ``"bf16"`` (forward passes under bfloat16 autocast: about 2x faster on CPUs with
+            AVX512-BF16 and on GPUs; metrics may differ slightly from float32).
         progress: Called with one line per finished corruption.
 
     Returns:
@@ -51,7 +54,13 @@ def evaluate_robustness(
     names = resolve_corruptions(corruptions) if corruptions is not None else None  # bad names fail before loading
     run_dir = Path(run_dir)
     run = load_run(run_dir, batch_size)
-    meta = {"run": str(run_dir), "method": run.cfg.method.name, "num_members": run.ensemble.num_members}
+    run.precision = precision
+    meta = {
+        "run": str(run_dir),
+        "method": run.cfg.method.name,
+        "num_members": run.ensemble.num_members,
+        "precision": precision,
+    }
     out: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     if names is not None:

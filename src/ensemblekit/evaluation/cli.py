@@ -36,6 +36,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "writes ood.json",
     )
     parser.add_argument("--ood-max-images", type=int, metavar="N", help="use at most N images of each OOD set")
+    parser.add_argument(
+        "--precision",
+        choices=["32", "bf16"],
+        default="32",
+        help="forward passes of the corruption/OOD evaluation in float32 (default) or under bfloat16 autocast "
+        "(about 2x faster on CPUs with AVX512-BF16)",
+    )
 
 
 def check_evaluate_arguments(args: argparse.Namespace) -> None:
@@ -65,6 +72,7 @@ def run_robustness(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.corruption_seed,
         max_ood_images=args.ood_max_images,
         max_corrupted_images=args.corruption_max_images,
+        precision=args.precision,
         progress=None if args.json else lambda line: print(line, file=sys.stderr, flush=True),
     )
 

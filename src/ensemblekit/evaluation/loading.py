@@ -26,6 +26,7 @@ class LoadedRun:
     device: torch.device
     channels_last: bool
     batch_size: int
+    precision: str = "32"  # "bf16": forward passes under bfloat16 autocast
 
     def member_probs(self, split: ImageTensors) -> torch.Tensor:
         """Member probabilities ``[M, N, C]`` on ``split`` (normalised with the run's statistics).
@@ -42,6 +43,7 @@ class LoadedRun:
                 std=self.data.std,
                 batch_size=self.batch_size,
                 channels_last=self.channels_last,
+                autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None,
             )
         return probs
 

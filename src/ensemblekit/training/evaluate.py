@@ -23,8 +23,12 @@ def collect_member_probs(
     batch_size: int = 500,
     fabric=None,
     channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities ``[M, N, C]`` (float32, CPU) of every member on every row of ``data``, and labels.
+
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward passes under autocast; the softmax is taken in
+    float32 either way.
 
     The module is put in eval mode and restored afterwards. With a multi-process ``fabric``, each rank scores
     its shard and the shards are gathered, de-duplicated and put back in the data's order, so every rank
@@ -51,7 +55,9 @@ def collect_member_probs(
         for x, _, idx in loader.iter_with_index():
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            probs.append(_member_logits(module, x).float().softmax(dim=-1))
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                logits = _member_logits(module, x)
+            probs.append(logits.float().softmax(dim=-1))
             index.append(idx.to(device))
     finally:
         module.train(was_training)
