@@ -64,7 +64,7 @@ class SuiteCorruptions(BaseModel):
         severities: Severities (1..5).
         max_images: Corrupt a seeded stratified subset of this many test images (None: the whole test split).
         seed: Seed of the corruptions.
-        precision: ``"32"`` or ``"bf16"`` (forward passes under bfloat16 autocast, about 2x faster on CPU).
+        precision: ``"32"`` or ``"bf16"`` (forward passes under bfloat16 autocast).
     """
 
     model_config = ConfigDict(extra="forbid")

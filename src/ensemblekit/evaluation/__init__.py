@@ -44,7 +44,7 @@ def evaluate_robustness(
         max_corrupted_images: Evaluate corruptions on a seeded stratified subset of this many test images (a
             cheaper estimate of the same protocol; the number used is recorded as ``num_images``).
         batch_size: Evaluation batch size (default: the run's ``data.eval_batch_size``).
-        precision: ``"32"`` or ``"bf16"`` (forward passes under bfloat16 autocast: about 2x faster on CPUs with
+        precision: ``"32"`` or ``"bf16"`` (forward passes under bfloat16 autocast: faster on CPUs with
             AVX512-BF16 and on GPUs; metrics may differ slightly from float32).
         progress: Called with one line per finished corruption.
 
