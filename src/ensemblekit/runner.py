@@ -128,6 +128,54 @@ def describe_costs(method: Method, ensemble: nn.Module, image_shape: tuple[int, 
     }
 
 
+def model_cost_fields(costs: dict[str, Any]) -> dict[str, Any]:
+    """The parameter and inference-FLOP fields of ``metrics.json`` costs (from :func:`describe_costs`).
+
+    ``single_inference_flops`` is the unit of the ``*_vs_single`` ratios and of the epoch-equivalents.
+    """
+    keys = ("params", "unique_params", "inference_flops", "inference_flops_vs_single")
+    return {
+        **{k: costs[k] for k in keys},
+        "single_inference_flops": costs["single_inference_flops"],
+        "single_params": costs["single_params"],
+    }
+
+
+def make_engine(
+    cfg: Config,
+    fabric,
+    data: DataBundle,
+    modules: dict[str, nn.Module],
+    costs: dict[str, Any],
+    *,
+    run_dir: Path | None,
+    progress: str = "auto",
+) -> Engine:
+    """The engine of a run: ``modules`` moved to the device (channels-last where the config wants it).
+
+    Seeds torch with ``train.seed``; the cost meter counts in units of the single backbone of ``costs``.
+    """
+    channels_last = use_channels_last(cfg, fabric.device)
+    for m in modules.values():
+        m.to(fabric.device)
+        if channels_last:
+            m.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.train.seed)
+    return Engine(
+        fabric,
+        data,
+        modules,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        augment=cfg.data.augment,
+        cost_meter=TrainCostMeter(costs["single_inference_flops"], len(data.train.labels)),
+        run_dir=run_dir,
+        progress=Progress(progress),
+        max_steps_per_epoch=cfg.train.max_steps_per_epoch,
+        channels_last=channels_last,
+    )
+
+
 def _num_classes_hint(cfg: Config) -> int | None:
     if cfg.data.classes is not None:
         return len(cfg.data.classes)
@@ -256,28 +304,16 @@ def train(
         raise UserError(error)
 
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
-    ensemble.to(fabric.device)
-    modules = method.state_modules(ensemble)
-    channels_last = use_channels_last(cfg, fabric.device)
-    for m in modules.values():
-        m.to(fabric.device)
-        if channels_last:
-            m.to(memory_format=torch.channels_last)
-    torch.manual_seed(cfg.train.seed)
-    meter = TrainCostMeter(costs["single_inference_flops"], len(data.train.labels))
-    engine = Engine(
+    engine = make_engine(
+        cfg,
         fabric,
         data,
-        modules,
-        batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        augment=cfg.data.augment,
-        cost_meter=meter,
+        method.state_modules(ensemble),
+        costs,
         run_dir=run_dir,
-        progress=Progress("quiet" if quiet else progress),
-        max_steps_per_epoch=cfg.train.max_steps_per_epoch,
-        channels_last=channels_last,
+        progress="quiet" if quiet else progress,
     )
+    channels_last, meter = engine.channels_last, engine.cost_meter
     stages = method.recipe(ensemble)
     engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)
     engine.run(stages, resume_from=checkpoint_path(run_dir) if resume else None)
@@ -295,12 +331,7 @@ def train(
         "members": result["members"],
         "reliability": result["reliability"],
         "costs": {
-            "params": costs["params"],
-            "unique_params": costs["unique_params"],
-            "inference_flops": costs["inference_flops"],
-            "inference_flops_vs_single": costs["inference_flops_vs_single"],
-            "single_inference_flops": costs["single_inference_flops"],  # the unit of the *_vs_single and epoch costs
-            "single_params": costs["single_params"],
+            **model_cost_fields(costs),
             "train_flops": train_costs["train_flops"],
             "train_epoch_equivalents": train_costs["train_epoch_equivalents"],
             "train_seconds": train_costs["train_seconds"],
@@ -346,23 +377,17 @@ def interpolate(run_dir: str | Path, a: int = 0, b: int = 1, points: int = 11, s
     See ``ensemblekit.analysis.interpolation.interpolate_members`` (MixtureEnsembles paper, section 5.3).
     """
     from ensemblekit.analysis.interpolation import interpolate_members
+    from ensemblekit.evaluation.loading import load_run
 
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    model_path = run_dir / "model.pt"
-    if not model_path.is_file():
-        raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
-    data = load_run_data(cfg)
-    split_data = data.test if split == "test" else data.val
+    run = load_run(run_dir)
+    split_data = run.data.test if split == "test" else run.data.val
     if split_data is None:
         raise UserError(f"this run has no {split} split (data.val_size is 0)")
-    _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
-    load_model_into(model_path, ensemble)
     curve = interpolate_members(
-        ensemble, a, b, split_data, data.mean, data.std, points, batch_size=cfg.data.eval_batch_size
+        run.ensemble, a, b, split_data, run.data.mean, run.data.std, points, batch_size=run.batch_size
     )
-    record = {"run": str(run_dir), "method": cfg.method.name, "members": [a, b], "split": split, "curve": curve}
-    write_json(run_dir / "interpolation.json", record)
+    record = {"run": str(run.run_dir), "method": run.cfg.method.name, "members": [a, b], "split": split, "curve": curve}
+    write_json(run.run_dir / "interpolation.json", record)
     return record
 
 

@@ -18,12 +18,9 @@ import torch
 from ensemblekit.config import config_from_dict, config_to_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.subnetwork.options import SubnetworkOptions
-from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.run_dir import read_metrics, read_run_config, write_json, write_run_config
 from ensemblekit.training.checkpoint import load_checkpoint
-from ensemblekit.training.engine import Engine
 from ensemblekit.training.logs import RunLogger
-from ensemblekit.training.progress import Progress
 
 TOTAL_KEYS = ("train_flops", "train_epoch_equivalents", "train_seconds", "images_seen")
 
@@ -46,9 +43,10 @@ def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str,
         describe_costs,
         evaluate_ensemble,
         load_run_data,
+        make_engine,
         make_fabric,
+        model_cost_fields,
         save_model,
-        use_channels_last,
     )
 
     run_dir = Path(run_dir)
@@ -76,25 +74,10 @@ def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str,
     _load_existing(ensemble, load_checkpoint(model_path).get("state_dict"), model_path)
 
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
-    channels_last = use_channels_last(new_cfg, fabric.device)
-    ensemble.to(fabric.device)
-    if channels_last:
-        ensemble.to(memory_format=torch.channels_last)
-    torch.manual_seed(new_cfg.train.seed)
-    meter = TrainCostMeter(costs["single_inference_flops"], len(data.train.labels))
-    engine = Engine(
-        fabric,
-        data,
-        {"ensemble": ensemble},
-        batch_size=new_cfg.data.batch_size,
-        eval_batch_size=new_cfg.data.eval_batch_size,
-        augment=new_cfg.data.augment,
-        cost_meter=meter,
-        run_dir=None,
-        progress=Progress("quiet" if quiet else "auto"),
-        max_steps_per_epoch=new_cfg.train.max_steps_per_epoch,
-        channels_last=channels_last,
+    engine = make_engine(
+        new_cfg, fabric, data, {"ensemble": ensemble}, costs, run_dir=None, progress="quiet" if quiet else "auto"
     )
+    channels_last, meter = engine.channels_last, engine.cost_meter
     new = range(old_members, old_members + children)
     engine.run(method.child_stages(ensemble, new))
 
@@ -111,10 +94,7 @@ def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str,
         "num_members": ensemble.num_members,
         **{k: v for k, v in result.items() if k != "split"},  # metrics, members (and whatever evaluation adds)
         "costs": {
-            "params": costs["params"],
-            "unique_params": costs["unique_params"],
-            "inference_flops": costs["inference_flops"],
-            "inference_flops_vs_single": costs["inference_flops_vs_single"],
+            **model_cost_fields(costs),
             **totals,
             "stages": stages,
         },
