@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, one_line, shorten
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     da.add_argument("action", choices=["check"])
     da.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
     return p
+
+
+def check_range(option: str, value: int | None, lo: int, hi: int) -> None:
+    """Refuse an integer option outside ``[lo, hi]`` in one line (huge values would overflow or run forever)."""
+    if value is not None and not lo <= value <= hi:
+        raise UserError(f"{option} must be between {lo:,} and {hi:,}, got {shorten(value, 30)}")
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -190,6 +196,9 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from ensemblekit.runner import interpolate
 
+    check_range("--points", args.points, 2, 1001)
+    for m in args.members:
+        check_range("--members", m, 0, 1 << 20)
     record = interpolate(args.run_dir, args.members[0], args.members[1], args.points, args.split)
     rows = [(f"lambda {p['lambda']:.2f}", f"acc {p['accuracy']:.4f}  nll {p['nll']:.4f}") for p in record["curve"]]
     print(_table(rows))
@@ -198,8 +207,10 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _cmd_grow(args: argparse.Namespace) -> int:
+    from ensemblekit.config import MAX_MEMBERS
     from ensemblekit.methods.subnetwork.grow import grow
 
+    check_range("--children", args.children, 1, MAX_MEMBERS)
     record = grow(args.run_dir, args.children, quiet=args.quiet)
     m, c = record["metrics"], record["costs"]
     rows = [("members", record["num_members"]), ("accuracy", m["accuracy"]), ("nll", m["nll"]), ("ece", m["ece"])]
@@ -218,8 +229,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from ensemblekit.bench.run_suite import run_suite
     from ensemblekit.training.engine import TrainingInterrupted
 
-    if args.seeds is not None and args.seeds < 1:
-        raise UserError("--seeds must be at least 1")
+    check_range("--seeds", args.seeds, 1, 1000)
     try:
         status = run_suite(args.suite, args.out, resume=args.resume, only=args.only, seeds=args.seeds, quiet=args.quiet)
     except TrainingInterrupted as exc:
@@ -298,14 +308,23 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(f"error: {exc}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _print_error("interrupted")
         return EXIT_INTERRUPTED
     except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        _print_error(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return EXIT_USER_ERROR
+
+
+def _print_error(text: str) -> None:
+    """Print one line to stderr, whatever it holds (undecodable file names are shown escaped)."""
+    line = one_line(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed or broken: nothing more can be said
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,16 +13,29 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, shorten
+from ensemblekit.safe_yaml import read_yaml_file, safe_yaml_load
+
+# Bounds that keep every accepted config runnable (values past them crashed or ran forever; see README
+# "Guarantees"). Floats must be finite everywhere (``allow_inf_nan=False``).
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
+MAX_MEMBERS = 1024
+MAX_IMAGES = 100_000_000
+MAX_BATCH = 65_536
+MAX_THREADS = 1024
+MAX_WIDTH = 16.0
+MAX_LR = 100.0
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -30,15 +43,15 @@ class DataConfig(_Section):
 
     name: str = "cifar10"
     root: str | None = None
-    train_size: int | None = Field(default=None, gt=0)
-    test_size: int | None = Field(default=None, gt=0)
-    val_size: int = Field(default=0, ge=0)
+    train_size: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
+    test_size: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
+    val_size: int = Field(default=0, ge=0, le=MAX_IMAGES)
     augment: bool = True
-    batch_size: int = Field(default=128, gt=0)
-    eval_batch_size: int = Field(default=500, gt=0)
-    seed: int = 0
+    batch_size: int = Field(default=128, gt=0, le=MAX_BATCH)
+    eval_batch_size: int = Field(default=500, gt=0, le=MAX_BATCH)
+    seed: Seed = 0
     download: bool = False
-    classes: list[int] | None = Field(default=None, min_length=1)
+    classes: list[Annotated[int, Field(ge=0, le=MAX_IMAGES)]] | None = Field(default=None, min_length=1)
     """Train and test on these classes only, relabelled 0..k-1 in the given order (``None``: all)."""
 
 
@@ -46,7 +59,7 @@ class ModelConfig(_Section):
     """The backbone: a registered model name and its options (``kwargs`` for family-specific ones)."""
 
     name: str = "resnet20"
-    width: float | None = Field(default=None, gt=0)
+    width: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -54,10 +67,10 @@ class ModelConfig(_Section):
 class MethodConfig(BaseModel):
     """The method's name, its number of members, and its own options (validated by the method)."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     name: str = "deep_ensemble"
-    members: int | None = Field(default=None, gt=0)
+    members: int | None = Field(default=None, gt=0, le=MAX_MEMBERS)
 
     def options(self) -> dict[str, Any]:
         """The method-specific options (everything except ``name``; ``members`` only when set)."""
@@ -70,24 +83,26 @@ class MethodConfig(BaseModel):
 class TrainConfig(_Section):
     """The default training recipe; a method's stages start from it and change what their paper says."""
 
-    epochs: int = Field(default=10, ge=0)
+    epochs: int = Field(default=10, ge=0, le=MAX_EPOCHS)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=0.1, gt=0, le=MAX_LR)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = Field(default=5.0e-4, ge=0)
+    weight_decay: float = Field(default=5.0e-4, ge=0, le=1)
     decay_bn_and_bias: bool = True
     schedule: Literal["constant", "step", "cosine", "onecycle", "cyclic_cosine", "flat_linear"] = "cosine"
-    milestones: list[float] = Field(default_factory=list)
-    gamma: float = Field(default=0.1, gt=0)
-    warmup_epochs: float = Field(default=0.0, ge=0)
-    cycles: int = Field(default=1, gt=0)
-    min_lr: float = Field(default=0.0, ge=0)
+    milestones: list[Annotated[float, Field(ge=0, le=MAX_EPOCHS)]] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0, le=10)
+    warmup_epochs: float = Field(default=0.0, ge=0, le=MAX_EPOCHS)
+    cycles: int = Field(default=1, gt=0, le=MAX_EPOCHS)
+    min_lr: float = Field(default=0.0, ge=0, le=MAX_LR)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     member_loss: Literal["mean", "sum"] = "mean"
     grad_clip: float | None = Field(default=None, gt=0)
-    max_steps_per_epoch: int | None = Field(default=None, gt=0)
-    seed: int = 0
+    max_steps_per_epoch: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
+    max_loss: float = Field(default=1.0e6, gt=0)
+    """A training loss above this counts as divergence, like NaN or inf (an exploding run is stopped)."""
+    seed: Seed = 0
 
     @field_validator("milestones")
     @classmethod
@@ -101,13 +116,13 @@ class RuntimeConfig(_Section):
     """Devices, precision and distribution (Lightning Fabric) and how members are executed."""
 
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
-    devices: int | str = 1
-    num_nodes: int = Field(default=1, gt=0)
+    devices: Annotated[int, Field(gt=0, le=MAX_THREADS)] | Annotated[str, Field(max_length=200)] = 1
+    num_nodes: int = Field(default=1, gt=0, le=MAX_THREADS)
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed"] = "32-true"
     member_execution: Literal["auto", "loop", "packed"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
-    num_threads: int | None = Field(default=None, gt=0)
+    num_threads: int | None = Field(default=None, gt=0, le=MAX_THREADS)
     deterministic: bool = False
 
 
@@ -122,30 +137,36 @@ class Config(_Section):
     meta: dict[str, Any] | None = Field(default=None, description="written by ensemblekit into run configs")
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line for a pydantic error: ``config error: <prefix><field>: <what> (got <short value>)``.
+
+    Only the first error is described (``(+n more)`` counts the others); echoed values are shortened.
+    """
+    first = err.errors(include_url=False)[0]
+    loc = prefix + ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if not first["loc"]:  # a model-level check names its field itself
+        return f"config error: {prefix}{msg}{more}"
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first["type"] == "finite_number":
+        msg = "must be a finite number"
     value = first.get("input")
-    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
-    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
+    shown = "" if quiet else f" (got {shorten(value)})"
     return f"config error: {loc}: {msg}{shown}{more}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b.c=value"`` into a key path and a YAML-parsed value."""
     if "=" not in text:
-        raise UserError(f"bad --set {text!r}: expected key.sub=value")
+        raise UserError(f"bad --set {shorten(text)}: expected key.sub=value")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise UserError(f"bad --set {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else None
-    except yaml.YAMLError:
-        value = raw
+        raise UserError(f"bad --set {shorten(text)}: empty key")
+    value = safe_yaml_load(raw, f"--set {key.strip()}", plain_on_error=True) if raw.strip() != "" else None
     return path, value
 
 
@@ -159,7 +180,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise UserError(f"bad --set {text!r}: {part} is not a section")
+                raise UserError(f"bad --set {shorten(text)}: {shorten(part)} is not a section")
             node = child
         node[path[-1]] = value
     return raw
@@ -167,25 +188,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every read or parse problem into one-line ``UserError``."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"config file not found: {p}")
-    if p.is_dir():
-        raise UserError(f"config path is a directory, not a file: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read config {p}: {exc.__class__.__name__}: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise UserError(f"config {p} is not valid YAML{at}") from None
+    raw = read_yaml_file(path, "config")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"config {p} must be a mapping of sections, got {type(raw).__name__}")
+        raise UserError(f"config {shorten(str(path))} must be a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
@@ -194,7 +201,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_validation_error(err)) from None
+        raise UserError(format_validation_error(err)) from None
     check_names(cfg)
     from ensemblekit.methods import METHODS
 
@@ -222,8 +229,14 @@ def check_names(cfg: Config) -> None:
     ):
         if name not in registry:
             raise UserError(
-                f"config error: {field}: unknown {registry.kind} {name!r}; valid: {', '.join(registry.names())}"
+                f"config error: {field}: unknown {registry.kind} {shorten(name)}; valid: {', '.join(registry.names())}"
             )
+    from ensemblekit.models import check_model_options
+
+    try:
+        check_model_options(cfg.model.name, cfg.model.kwargs)
+    except UserError as exc:
+        raise UserError(f"config error: model.kwargs: {exc}") from None
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -1,5 +1,21 @@
 """Errors a user can cause. The CLI prints them as one line and exits with code 2."""
 
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+MAX_MESSAGE = 400
+"""Longest error message the CLI prints; longer ones are cut (a message must stay one readable line)."""
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 40
+_REPR.maxother = 40
+_REPR.maxlong = 40
+for _attr in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+    setattr(_REPR, _attr, 4)
+
 
 class UserError(Exception):
     """A problem with the user's input (config, data, checkpoint, paths), not a bug.
@@ -18,3 +34,28 @@ class ChecksumError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, truncated, corrupt or incompatible."""
+
+
+def shorten(value: Any, limit: int = 60) -> str:
+    """A short ``repr`` of ``value`` for error messages: nested and long values are elided with ``...``.
+
+    ``reprlib`` never builds the full ``repr``, so echoing a huge value (a YAML alias bomb) stays cheap.
+
+    Example:
+        >>> shorten("x" * 100, limit=12)
+        "'xxx...xxx'"
+    """
+    text = _REPR.repr(value)
+    if len(text) > limit:
+        half = (limit - 3) // 2
+        text = text[:half] + "..." + text[-half:]
+    return text
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` as one line of at most ``limit`` characters (newlines become spaces; the middle is elided)."""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        half = (limit - 5) // 2
+        text = text[:half] + " ... " + text[-half:]
+    return text

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from ensemblekit.config import Config, config_from_dict, config_to_dict, read_yaml
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, one_line
 from ensemblekit.training.checkpoint import atomic_write_bytes
 
 RUN_FILES = (
@@ -147,6 +147,9 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{run_dir} has no metrics.json (the run has not finished)")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSON and UTF-8 decoding errors
+        raise UserError(f"cannot read {path}: {one_line(exc, 160)}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return record

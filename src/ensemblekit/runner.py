@@ -173,6 +173,7 @@ def make_engine(
         progress=Progress(progress),
         max_steps_per_epoch=cfg.train.max_steps_per_epoch,
         channels_last=channels_last,
+        max_loss=cfg.train.max_loss,
     )
 
 
@@ -217,6 +218,11 @@ def evaluate_ensemble(
         "channels_last": channels_last,
     }
     probs, labels = collect_member_probs(ensemble, split_data, **kw)
+    if not bool(torch.isfinite(probs).all()):
+        raise UserError(
+            f"the ensemble's {split} predictions are not finite (NaN/inf weights or statistics): the training "
+            "diverged; try a lower train.lr or train.grad_clip"
+        )
     metrics = ensemble_metrics(probs, labels, combine=ensemble.combine)
     result: dict[str, Any] = {
         "split": split,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemblekit.bench.results import get_path
+from ensemblekit.errors import shorten
 from ensemblekit.run_dir import read_metrics
 
 COLUMNS: list[tuple[str, str, str]] = [
@@ -28,10 +29,19 @@ COLUMNS: list[tuple[str, str, str]] = [
 
 
 def _fmt(value: Any, spec: str) -> str:
+    """``value`` formatted by ``spec``; ``-`` when missing or NaN, ``?`` when of the wrong type (an edited file)."""
     if value is None:
         return "-"
     if isinstance(value, float) and value != value:
         return "-"
+    if spec == "s":
+        return shorten(value, 40) if not isinstance(value, str) else value[:40]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (spec.endswith("d") and isinstance(value, float))
+    ):
+        return "?"
     if spec == "%":
         return f"{100 * value:.2f}"
     return format(value, spec)

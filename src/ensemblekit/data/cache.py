@@ -37,7 +37,9 @@ class DecodeCache:
 
     def entry_dir(self, source: Path, fingerprint: str) -> Path:
         """The folder of the entry for ``source`` with ``fingerprint``."""
-        key = hashlib.sha256(f"{CACHE_VERSION}\0{source}\0{fingerprint}".encode()).hexdigest()[:20]
+        key = hashlib.sha256(
+            f"{CACHE_VERSION}\0{source}\0{fingerprint}".encode("utf-8", "surrogateescape")
+        ).hexdigest()[:20]
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name) or "data"
         return self.root / f"{slug}-{key}"
 

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ensemblekit.data.cache import DecodeCache
 from ensemblekit.data.tensors import ImageTensors
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, one_line, shorten
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def scan_image_folder(root: Path) -> FolderScan:
                 stat = entry.stat()
                 scan.total_size += stat.st_size
                 scan.latest_mtime_ns = max(scan.latest_mtime_ns, stat.st_mtime_ns)
-                digest.update(f"{split}/{name}/{entry.name}\n".encode())
+                digest.update(f"{split}/{name}/{entry.name}\n".encode("utf-8", "surrogateescape"))
                 paths.append(entry.path)
             labels.extend([label] * len(entries))
         if not paths:
@@ -121,8 +121,9 @@ def _decode_chunk(paths: list[str]) -> np.ndarray:
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"cannot decode image {path}: {e}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            # ValueError: e.g. an oversized text chunk; DecompressionBombError: a header claiming huge dimensions
+            raise UserError(f"cannot decode image {shorten(path, 200)}: {one_line(e, 160)}") from None
         if out is None:
             out = np.empty((len(paths), *pixels.shape), dtype=np.uint8)
         elif pixels.shape != out.shape[1:]:

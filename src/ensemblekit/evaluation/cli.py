@@ -52,10 +52,13 @@ def check_evaluate_arguments(args: argparse.Namespace) -> None:
     parse_severities(args.severities)
     if args.severities is not None and args.corruptions is None:
         raise UserError("--severities needs --corruptions")
-    if args.corruption_max_images is not None and args.corruption_max_images < 1:
-        raise UserError(f"--corruption-max-images must be positive, got {args.corruption_max_images}")
-    if args.ood_max_images is not None and args.ood_max_images < 1:
-        raise UserError(f"--ood-max-images must be positive, got {args.ood_max_images}")
+    for option, value, hi in (
+        ("--corruption-max-images", args.corruption_max_images, 1 << 40),
+        ("--ood-max-images", args.ood_max_images, 1 << 40),
+        ("--corruption-seed", args.corruption_seed, 2**32 - 1),
+    ):
+        if value is not None and not (0 if option == "--corruption-seed" else 1) <= value <= hi:
+            raise UserError(f"{option} must be between {0 if option == '--corruption-seed' else 1} and {hi:,}")
 
 
 def run_robustness(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
-from ensemblekit.config import Config
+from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, format_validation_error
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
 from ensemblekit.models import create_model
@@ -30,9 +30,20 @@ METHODS = Registry("method")
 class MethodOptions(BaseModel):
     """Options every method accepts; subclasses add theirs. Unknown options are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     members: int = 4
+
+    @model_validator(mode="after")
+    def _bounded_counts(self) -> MethodOptions:
+        """Every count stays runnable: ``members`` <= 1024, ``*epochs`` <= 100,000, other integers <= 10^7."""
+        for field, value in self:
+            if isinstance(value, bool) or not isinstance(value, int):
+                continue
+            limit = MAX_MEMBERS if field == "members" else MAX_EPOCHS if field.endswith("epochs") else 10**7
+            if abs(value) > limit:
+                raise ValueError(f"{field}: must be at most {limit:,} (got {value:,})")
+        return self
 
 
 class Method:
@@ -68,7 +79,7 @@ class Method:
                 raise UserError(
                     f"config error: method.{field}: unknown option for {cls.name} (valid: {valid})"
                 ) from None
-            raise UserError(f"config error: method.{field}: {first['msg']} (got {first.get('input')!r})") from None
+            raise UserError(format_validation_error(err, prefix="method.")) from None
 
     # -- what subclasses implement -------------------------------------------------------------
     def build(self) -> Ensemble:

@@ -14,7 +14,14 @@ Example:
 from ensemblekit.models import densenet, preact_resnet, resnet_cifar, vgg, wide_resnet  # noqa: F401
 from ensemblekit.models.backbone import Backbone, ClassifierHead, ConvStem
 from ensemblekit.models.factory import LayerFactory
-from ensemblekit.models.registry import FAMILIES, MODELS, build_model, create_model, list_models
+from ensemblekit.models.registry import (
+    FAMILIES,
+    MODELS,
+    build_model,
+    check_model_options,
+    create_model,
+    list_models,
+)
 from ensemblekit.models.spec import DenseNetSpec, ModelSpec, ResNetSpec, VGGSpec, scale_channels, spec_from_dict
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "ResNetSpec",
     "VGGSpec",
     "build_model",
+    "check_model_options",
     "create_model",
     "list_models",
     "scale_channels",

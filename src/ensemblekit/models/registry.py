@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, one_line, shorten
 from ensemblekit.models.backbone import Backbone
 from ensemblekit.models.factory import LayerFactory
 from ensemblekit.models.spec import ModelSpec
@@ -49,13 +49,36 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> Backbone:
             the valid ones) or an invalid option value.
     """
     factory = MODELS.get(name)
+    check_model_options(name, kwargs, internal=True)
+    try:
+        return factory(num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError, AttributeError, OverflowError, IndexError, KeyError) as exc:
+        shown = ", ".join(f"{k}={shorten(v, 30)}" for k, v in kwargs.items() if k != "layers")
+        why = one_line(exc, 160)
+        raise UserError(f"model {name!r} cannot be built with {shown or 'its defaults'}: {why}") from None
+
+
+INTERNAL_OPTIONS = frozenset({"layers", "num_classes"})
+"""Factory arguments set by ensemblekit itself, never by a config's ``model.kwargs``."""
+
+
+def check_model_options(name: str, kwargs: dict[str, Any], *, internal: bool = False) -> None:
+    """Refuse options the factory of model ``name`` does not take (``internal``: allow ``layers``).
+
+    Raises:
+        UserError: naming the unknown option(s) and listing the valid ones.
+    """
+    factory = MODELS.get(name)
     params = inspect.signature(factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            valid = ", ".join(p for p in params if p != "num_classes")
-            raise UserError(f"model {name!r} has no option(s) {', '.join(unknown)}; valid: {valid}")
-    return factory(num_classes=num_classes, **kwargs)
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    named = [p for p, spec in params.items() if spec.kind not in variadic]
+    open_kwargs = any(spec.kind is inspect.Parameter.VAR_KEYWORD for spec in params.values())
+    reserved = frozenset() if internal else INTERNAL_OPTIONS
+    unknown = sorted(str(k) for k in kwargs if k in reserved or (not open_kwargs and k not in named))
+    if unknown:
+        valid = ", ".join(p for p in named if p not in INTERNAL_OPTIONS)
+        shown = ", ".join(shorten(k, 40) for k in unknown)
+        raise UserError(f"model {name!r} has no option(s) {shown}; valid: {valid}")
 
 
 def build_model(spec: ModelSpec, layers: LayerFactory | None = None) -> Backbone:

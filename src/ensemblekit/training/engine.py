@@ -48,7 +48,7 @@ def checks_loss_every_step(device: torch.device) -> bool:
 
 
 class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN, infinite or larger than ``train.max_loss``; the last good checkpoint is kept."""
 
 
 class TrainingInterrupted(Exception):
@@ -116,6 +116,7 @@ class Engine:
         max_steps_per_epoch: Optional cap on steps per epoch (smoke tests).
         channels_last: Feed image batches in channels-last memory format (faster convolutions on CPU; the
             modules must have been converted with ``.to(memory_format=torch.channels_last)``).
+        max_loss: A mean training loss above this is divergence, like NaN or inf (``train.max_loss``).
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class Engine:
         progress: Progress | None = None,
         max_steps_per_epoch: int | None = None,
         channels_last: bool = False,
+        max_loss: float = float("inf"),
     ) -> None:
         self.fabric = fabric
         self.data = data
@@ -146,6 +148,7 @@ class Engine:
         self.logger = RunLogger(self.run_dir if self.is_main else None)
         self.max_steps_per_epoch = max_steps_per_epoch
         self.channels_last = channels_last
+        self.max_loss = max_loss
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
         self.check_loss_every_step = checks_loss_every_step(fabric.device)
@@ -369,7 +372,7 @@ class Engine:
             # sync, so the running loss sum is checked every FINITE_CHECK_EVERY steps and at the epoch's end
             # instead (before any checkpoint is written, so the last checkpoint on disk is always finite).
             if sync_free or (step + 1) % FINITE_CHECK_EVERY == 0:
-                self._check_finite(loss.detach() if sync_free else loss_sum, stage, epoch, step)
+                self._check_finite(loss.detach() if sync_free else loss_sum / max(seen, 1), stage, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             if stage.grad_clip is not None:
@@ -394,13 +397,14 @@ class Engine:
                 self.progress.step(epoch, None, 1)
             if self._interrupted:
                 if not sync_free:
-                    self._check_finite(loss_sum, stage, epoch, step)
+                    self._check_finite(loss_sum / max(seen, 1), stage, epoch, step)
                 self.cost_meter.add_time(time.perf_counter() - t0)
                 acc_state = {"loss_sum": float(loss_sum), "correct": float(correct), "seen": seen}
                 self.save(ctx.stage_index, epoch, step + 1, optimizer, scheduler, acc_state)
                 raise TrainingInterrupted(f"interrupted in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}")
         if not sync_free:
-            self._check_finite(loss_sum, stage, epoch, steps - 1)
+            self._check_finite(loss_sum / max(seen, 1), stage, epoch, steps - 1)
+        self._check_finite_weights(stage, epoch)
         seconds = time.perf_counter() - t0
         self.cost_meter.add_time(seconds)
         stats = self._stats(loss_sum, correct, seen, optimizer, images / max(seconds, 1e-9))
@@ -416,11 +420,27 @@ class Engine:
         self.save(ctx.stage_index, epoch + 1, 0, optimizer, scheduler)
 
     def _check_finite(self, value: torch.Tensor, stage: Stage, epoch: int, step: int) -> None:
-        if not torch.isfinite(value).all():
-            raise NonFiniteLossError(
-                f"non-finite loss ({value.item()}) in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}; "
-                f"the last good checkpoint is kept" + (f" at {self.checkpoint_path}" if self.checkpoint_path else "")
+        """Stop a diverged run: a NaN/inf loss, or a mean loss above ``max_loss`` (an exploding run)."""
+        if not bool(torch.isfinite(value).all() & (value <= self.max_loss).all()):
+            what = (
+                "non-finite" if not bool(torch.isfinite(value).all()) else f"exploding (> max_loss {self.max_loss:g})"
             )
+            self._diverged(
+                f"{what} loss ({float(value.max()):.4g}) in stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}"
+            )
+
+    def _check_finite_weights(self, stage: Stage, epoch: int) -> None:
+        """At an epoch's end (one device sync): the last update must not have left NaN/inf weights behind."""
+        params = [p for p in stage.module.parameters() if p.is_floating_point()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            self._diverged(f"non-finite weights after stage {stage.name!r}, epoch {epoch + 1}")
+
+    def _diverged(self, what: str) -> None:
+        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            kept = f"the last good checkpoint is kept at {self.checkpoint_path}"
+        else:
+            kept = "no checkpoint was written yet (it diverged in its first epoch)"
+        raise NonFiniteLossError(f"training diverged: {what}; {kept}; try a lower train.lr or train.grad_clip")
 
     @staticmethod
     def _stats(loss_sum, correct, seen, optimizer, img_s: float) -> dict[str, float]:

@@ -20,7 +20,7 @@ import torch
 
 from ensemblekit.data.corruptions import blur, digital, noise, weather  # noqa: F401  (registers)
 from ensemblekit.data.corruptions.registry import CORRUPTIONS, SEVERITIES
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, shorten
 
 BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
@@ -79,18 +79,17 @@ def parse_severities(text: str | None) -> list[int]:
     if text is None or str(text).strip() == "":
         return list(SEVERITIES)
     out: set[int] = set()
+    shown = shorten(str(text), 40)
     try:
         for part in str(text).split(","):
             part = part.strip()
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
+            lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
+            lo_i, hi_i = int(lo), int(hi)
+            if not (SEVERITIES[0] <= lo_i <= hi_i <= SEVERITIES[-1]):  # checked before any range is built
+                raise UserError(f"bad severities {shown}: severities are 1 to 5")
+            out.update(range(lo_i, hi_i + 1))
     except ValueError:
-        raise UserError(f"bad severities {text!r}: expected e.g. 1-5, 3 or 1,3,5") from None
-    if not out or not out <= set(SEVERITIES):
-        raise UserError(f"bad severities {text!r}: severities are 1 to 5")
+        raise UserError(f"bad severities {shown}: expected e.g. 1-5, 3 or 1,3,5") from None
     return sorted(out)
 
 
