@@ -28,7 +28,8 @@ import yaml
 
 from ensemblekit.config import Config, config_from_dict, config_to_dict, read_yaml
 from ensemblekit.errors import UserError, one_line
-from ensemblekit.training.checkpoint import atomic_write_bytes
+from ensemblekit.run_lock import LOCK_NAME
+from ensemblekit.training.checkpoint import atomic_write_bytes, temp_name_pattern
 
 RUN_FILES = (
     "config.yaml",
@@ -55,8 +56,37 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in RUN_FILES)
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def litter(run_dir: Path) -> list[Path]:
+    """Ensemblekit's own leftovers in ``run_dir``: the writer lock and temporary files of interrupted writes.
+
+    A kill during an atomic write leaves ``.<name>.<random>.tmp`` beside ``<name>`` (never a partial
+    ``<name>``); these are safe to delete by whoever holds the run's lock.
+    """
+    found = [p for p in (run_dir / LOCK_NAME,) if p.is_file()]
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for name in (*RUN_FILES, "last.pt"):
+                found += [p for p in folder.glob(temp_name_pattern(name)) if p.is_file()]
+    return found
+
+
+def remove_orphan_temp_files(run_dir: Path) -> int:
+    """Delete the temporary files of interrupted atomic writes in ``run_dir`` (call it holding the lock)."""
+    orphans = [p for p in litter(run_dir) if p.name != LOCK_NAME]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return len(orphans)
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     """Check and create the output directory; never touch an existing run unless told to.
+
+    Call it holding the run's lock (:func:`~ensemblekit.run_lock.run_lock`). Temporary files of interrupted
+    writes are removed; a folder holding nothing but such leftovers counts as empty.
+
+    Returns:
+        Whether there is a checkpoint to resume from (``resume`` of a run killed before its first checkpoint
+        starts it again from its saved config).
 
     Raises:
         UserError: the directory holds another run and neither ``resume`` nor ``overwrite`` is set; it holds
@@ -64,12 +94,14 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other")
-    if resume:
-        if not checkpoint_path(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
-            raise UserError(f"nothing to resume in {run_dir}: no checkpoints/last.pt and config.yaml")
-        return
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output path exists and is not a directory: {run_dir}")
+    if run_dir.is_dir():
+        remove_orphan_temp_files(run_dir)
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"nothing to resume in {run_dir}: no config.yaml (start it without --resume)")
+        return checkpoint_path(run_dir).is_file()
     if run_dir.is_dir() and holds_run(run_dir):
         if not overwrite:
             raise UserError(
@@ -82,9 +114,10 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise UserError(f"output directory {run_dir} is not empty and holds no run; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def _git_commit() -> str | None:

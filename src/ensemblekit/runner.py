@@ -6,6 +6,7 @@ the engine runs the method's stages -> metrics and costs -> run directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -36,6 +37,7 @@ from ensemblekit.run_dir import (
     write_json,
     write_run_config,
 )
+from ensemblekit.run_lock import run_lock
 from ensemblekit.training.checkpoint import atomic_write_bytes, load_checkpoint
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.evaluate import collect_member_probs
@@ -243,22 +245,63 @@ def evaluate_ensemble(
     return result
 
 
+def model_identity(cfg: Config) -> dict[str, Any]:
+    """What ``model.pt`` records of the config that made it: everything that shapes the trained ensemble.
+
+    The ``method`` and ``model`` sections and the data set's name and classes; an edited ``config.yaml`` that
+    differs here no longer describes the weights (``evaluate`` would report them under another method).
+    """
+    d = config_to_dict(cfg)
+    return {"method": d["method"], "model": d["model"], "data": {k: d["data"][k] for k in ("name", "classes")}}
+
+
 def save_model(path: Path, cfg: Config, ensemble: nn.Module) -> None:
-    """Write the final ensemble weights (loaded later with ``weights_only=True``)."""
+    """Write the final ensemble weights (loaded later with ``weights_only=True``) and what made them."""
     state = {
         "format": MODEL_FORMAT,
         "method": cfg.method.name,
         "backbone": cfg.model.name,
+        "identity": model_identity(cfg),
         "state_dict": {k: v.detach().cpu() for k, v in ensemble.state_dict().items()},
     }
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
-def load_model_into(path: Path, ensemble: nn.Module) -> None:
-    """Load ``model.pt`` weights into a freshly built ensemble."""
+def _identity_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += _identity_differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == current else [prefix.rstrip(".")]
+
+
+def check_model_identity(path: Path, state: dict[str, Any], cfg: Config) -> None:
+    """Refuse a ``model.pt`` that another config made (an edited ``config.yaml``), naming the fields that differ.
+
+    Files written before the identity was recorded are checked on their method and backbone names only.
+    """
+    current = model_identity(cfg)
+    saved = state.get("identity")
+    if saved is None:
+        saved = {"method": {"name": state.get("method")}, "model": {"name": state.get("backbone")}}
+        current = {"method": {"name": cfg.method.name}, "model": {"name": cfg.model.name}}
+    diff = _identity_differences(saved, current)
+    if diff:
+        fields = ", ".join(diff[:5]) + (f" (+{len(diff) - 5} more)" if len(diff) > 5 else "")
+        raise UserError(
+            f"{path} was trained with another config than {path.parent / 'config.yaml'} describes (differs in: "
+            f"{fields}); was config.yaml edited?"
+        )
+
+
+def load_model_into(path: Path, ensemble: nn.Module, cfg: Config | None = None) -> None:
+    """Load ``model.pt`` weights into a freshly built ensemble (checked against ``cfg`` when given)."""
     state = load_checkpoint(path)
     if state.get("format") != MODEL_FORMAT or "state_dict" not in state:
         raise UserError(f"{path} is not an ensemblekit model file")
+    if cfg is not None:
+        check_model_identity(path, state, cfg)
     try:
         ensemble.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
@@ -289,26 +332,35 @@ def train(
     fabric = make_fabric(cfg)
     data = load_run_data(cfg)  # missing data is refused before anything is written
     method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))  # so is an unbuildable model
-    error = None
-    if fabric.global_rank == 0:
-        try:
-            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-            if resume:
-                saved = read_run_config(run_dir)
-                if not _same_run(saved, cfg):
-                    raise UserError(
-                        f"the config differs from the one {run_dir} was started with; resume without changes"
-                    )
-                load_checkpoint(checkpoint_path(run_dir))  # a corrupt checkpoint is refused before any write
-            else:
-                write_run_config(run_dir, cfg)
-        except UserError as exc:
-            error = str(exc)
-    if fabric.world_size > 1:
-        error = fabric.broadcast(error, src=0)
-    if error is not None:
-        raise UserError(error)
+    with contextlib.ExitStack() as held:
+        error, has_checkpoint = None, False
+        if fabric.global_rank == 0:
+            try:
+                if resume and not (run_dir / "config.yaml").is_file():
+                    raise UserError(f"nothing to resume in {run_dir}: no config.yaml (start it without --resume)")
+                held.enter_context(run_lock(run_dir, "train", create=True))  # one writer per run directory
+                has_checkpoint = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+                if resume:
+                    saved = read_run_config(run_dir)
+                    if not _same_run(saved, cfg):
+                        raise UserError(
+                            f"the config differs from the one {run_dir} was started with; resume without changes"
+                        )
+                    if has_checkpoint:
+                        load_checkpoint(checkpoint_path(run_dir))  # a corrupt checkpoint is refused before any write
+                else:
+                    write_run_config(run_dir, cfg)
+            except UserError as exc:
+                error = str(exc)
+        if fabric.world_size > 1:
+            error, has_checkpoint = fabric.broadcast((error, has_checkpoint), src=0)
+        if error is not None:
+            raise UserError(error)
+        return _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpoint, quiet, progress)
 
+
+def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpoint, quiet, progress) -> dict:
+    """The rest of :func:`train`, run while the run directory is locked."""
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
     engine = make_engine(
         cfg,
@@ -322,7 +374,7 @@ def train(
     channels_last, meter = engine.channels_last, engine.cost_meter
     stages = method.recipe(ensemble)
     engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)
-    engine.run(stages, resume_from=checkpoint_path(run_dir) if resume else None)
+    engine.run(stages, resume_from=checkpoint_path(run_dir) if has_checkpoint else None)
 
     torch.manual_seed(cfg.train.seed + 1)  # stochastic evaluation (MC dropout) is reproducible
     result = evaluate_ensemble(ensemble, data, "test", cfg.data.eval_batch_size, fabric, channels_last)
@@ -364,9 +416,14 @@ def train(
 def evaluate(run_dir: str | Path, split: str = "test", batch_size: int | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run from its ``config.yaml`` and ``model.pt``; write ``eval.json``."""
     from ensemblekit.evaluation.loading import load_run
+
+    with run_lock(run_dir, "evaluate"):
+        return _evaluate_locked(load_run(run_dir, batch_size), split)
+
+
+def _evaluate_locked(run, split: str) -> dict[str, Any]:
     from ensemblekit.training.logs import RunLogger
 
-    run = load_run(run_dir, batch_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.cfg.train.seed + 1)
         result = evaluate_ensemble(run.ensemble, run.data, split, run.batch_size, None, run.channels_last)
@@ -382,6 +439,11 @@ def interpolate(run_dir: str | Path, a: int = 0, b: int = 1, points: int = 11, s
 
     See ``ensemblekit.analysis.interpolation.interpolate_members`` (MixtureEnsembles paper, section 5.3).
     """
+    with run_lock(run_dir, "interpolate"):
+        return _interpolate_locked(run_dir, a, b, points, split)
+
+
+def _interpolate_locked(run_dir: str | Path, a: int, b: int, points: int, split: str) -> dict[str, Any]:
     from ensemblekit.analysis.interpolation import interpolate_members
     from ensemblekit.evaluation.loading import load_run
 

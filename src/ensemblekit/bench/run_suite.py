@@ -29,6 +29,7 @@ from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.run_dir import checkpoint_path, holds_run, read_run_config
+from ensemblekit.run_lock import LOCK_NAME, run_lock
 from ensemblekit.training.checkpoint import atomic_write_bytes
 
 
@@ -59,7 +60,7 @@ def prepare_out(out: Path, suite_path: Path, resume: bool) -> dict[str, Any]:
     has_suite = (out / "suite.json").is_file()
     if has_suite and not resume:
         raise UserError(f"{out} already holds a suite's results; use --resume to continue it, or another --out")
-    if out.is_dir() and not has_suite and any(out.iterdir()):
+    if out.is_dir() and not has_suite and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"--out {out} is not empty and holds no suite; choose an empty or new directory")
     out.mkdir(parents=True, exist_ok=True)
     status = read_status(out) if has_suite else {"suite": None, "order": [], "runs": {}}
@@ -177,12 +178,19 @@ def run_suite(
     say=print,
 ) -> dict[str, Any]:
     """Run a suite (see the module docstring); return ``suite.json``'s content. Results are written at the end."""
-    from ensemblekit.bench.report import write_all
-    from ensemblekit.training.engine import TrainingInterrupted
-
     suite_path, out = Path(suite_path), Path(out)
     suite = load_suite(suite_path)
     runs = select_runs(suite, only)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    with run_lock(out, "bench", create=True):  # one bench process per suite folder
+        return _run_suite_locked(suite, suite_path, out, runs, resume, seeds, quiet, progress, say)
+
+
+def _run_suite_locked(suite, suite_path, out, runs, resume, seeds, quiet, progress, say) -> dict[str, Any]:
+    from ensemblekit.bench.report import write_all
+    from ensemblekit.training.engine import TrainingInterrupted
+
     status = prepare_out(out, suite_path, resume)
     status["suite"] = suite.name
     status["order"] = [r.name for r in suite.runs]

@@ -17,9 +17,16 @@ from ensemblekit.evaluation.corrupted import evaluate_corruptions
 from ensemblekit.evaluation.loading import LoadedRun, load_run
 from ensemblekit.evaluation.ood import evaluate_ood, load_ood_split, subset_split
 from ensemblekit.run_dir import write_json
+from ensemblekit.run_lock import run_lock
 
 
-def evaluate_robustness(
+def evaluate_robustness(run_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Run the requested robustness evaluations holding the run's writer lock (see :func:`robustness_results`)."""
+    with run_lock(run_dir, "evaluate"):
+        return robustness_results(run_dir, **options)
+
+
+def robustness_results(
     run_dir: str | Path,
     *,
     corruptions: list[str] | None = None,

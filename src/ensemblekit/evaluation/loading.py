@@ -59,7 +59,7 @@ def load_run(run_dir: str | Path, batch_size: int | None = None) -> LoadedRun:
         raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
     data = load_run_data(cfg)
     _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
-    load_model_into(model_path, ensemble)
+    load_model_into(model_path, ensemble, cfg)
     wants_gpu = cfg.runtime.accelerator in ("auto", "cuda", "gpu")
     device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
     ensemble.to(device)

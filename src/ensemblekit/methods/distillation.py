@@ -112,7 +112,7 @@ def load_teacher_run(run_dir: str | Path, num_classes: int, train_size: int) -> 
         raise UserError(f"teacher_run {path} has no model.pt (not a finished run)")
     cfg = read_run_config(path)
     _, teacher = build_ensemble(cfg, num_classes, train_size)
-    load_model_into(path / "model.pt", teacher)
+    load_model_into(path / "model.pt", teacher, cfg)
     return teacher.requires_grad_(False).eval()
 
 

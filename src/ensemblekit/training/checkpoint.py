@@ -17,20 +17,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from ensemblekit.errors import CheckpointError
+from ensemblekit.errors import CheckpointError, UserError, one_line
+
+
+def temp_name_pattern(name: str) -> str:
+    """Glob pattern of the temporary files :func:`atomic_write_bytes` creates for ``name`` (orphans of a kill)."""
+    return f".{name}.*.tmp"
 
 
 def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Write a file atomically: ``write(fileobj)`` fills a temp file that replaces ``path``."""
+    """Write a file atomically: ``write(fileobj)`` fills a temp file that replaces ``path``.
+
+    The file gets the permissions a plain ``open`` would give (``0o666`` less the umask), not ``mkstemp``'s
+    ``0o600``.
+
+    Raises:
+        UserError: the write failed (disk full, quota, permissions); the previous file at ``path`` is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports ENOSPC as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc, 120)
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        hint = "" if isinstance(exc, OSError) else " (is the disk full?)"
+        raise UserError(f"cannot write {path}: {reason}{hint}; {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -39,6 +61,12 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+from ensemblekit.training.checkpoint import atomic_write_bytes
 
 LOG_FIELDS = [
     "stage",
@@ -51,15 +54,21 @@ class RunLogger:
         if self.run_dir is None or not (self.run_dir / "log.csv").exists():
             return 0
         path = self.run_dir / "log.csv"
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        raw = path.read_bytes()
+        text = raw.decode("utf-8", errors="replace")  # a kill mid-write can leave a partial, undecodable row
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
         order = {name: i for i, name in enumerate(stage_names)}
-        keep = [r for r in rows if (order.get(r["stage"], len(order)), int(r["epoch"])) <= (stage_index, epoch)]
-        if len(keep) != len(rows):
-            with path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(keep)
+        keep = [
+            r
+            for r in rows
+            if _complete(r) and (order.get(r["stage"], len(order)), int(r["epoch"])) <= (stage_index, epoch)
+        ]
+        if len(keep) != len(rows) or not raw.endswith(b"\n") or not text.startswith(",".join(LOG_FIELDS)):
+            body = io.StringIO()
+            writer = csv.DictWriter(body, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(keep)
+            atomic_write_bytes(path, lambda f: f.write(body.getvalue().encode()))
         return len(rows) - len(keep)
 
     def event(self, kind: str, **fields: Any) -> None:
@@ -69,6 +78,13 @@ class RunLogger:
         record = {"time": round(time.time(), 3), "event": kind, **fields}
         with (self.run_dir / "events.jsonl").open("a") as f:
             f.write(json.dumps(record, default=str) + "\n")
+
+
+def _complete(row: dict[str | None, Any]) -> bool:
+    """Whether a parsed ``log.csv`` row is whole: every field present, no extra cells, an integer epoch."""
+    if None in row or any(row.get(k) is None for k in LOG_FIELDS):
+        return False
+    return str(row["epoch"]).isdigit()
 
 
 def _fmt(v: Any) -> Any:

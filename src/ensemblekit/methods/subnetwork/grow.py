@@ -19,6 +19,7 @@ from ensemblekit.config import config_from_dict, config_to_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.subnetwork.options import SubnetworkOptions
 from ensemblekit.run_dir import read_metrics, read_run_config, write_json, write_run_config
+from ensemblekit.run_lock import run_lock
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.logs import RunLogger
 
@@ -37,9 +38,18 @@ def grown_config(cfg, old_members: int, children: int):
 
 
 def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str, Any]:
-    """Add ``children`` tuned children to the finished ``subnetwork`` run in ``run_dir``; return the new record."""
+    """Add ``children`` tuned children to the finished ``subnetwork`` run in ``run_dir``; return the new record.
+
+    The run directory's writer lock is held throughout (see :mod:`ensemblekit.run_lock`).
+    """
+    with run_lock(run_dir, "grow"):
+        return _grow(run_dir, children, quiet=quiet)
+
+
+def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str, Any]:
     from ensemblekit.runner import (
         build_ensemble,
+        check_model_identity,
         describe_costs,
         evaluate_ensemble,
         load_run_data,
@@ -71,7 +81,9 @@ def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str,
         method, ensemble = build_ensemble(new_cfg, data.num_classes, len(data.train.labels))
     except UserError as exc:
         raise UserError(f"grow: cannot add {children} children: {exc}") from None
-    _load_existing(ensemble, load_checkpoint(model_path).get("state_dict"), model_path)
+    saved = load_checkpoint(model_path)
+    check_model_identity(model_path, saved, cfg)  # an edited config.yaml no longer describes model.pt
+    _load_existing(ensemble, saved.get("state_dict"), model_path)
 
     costs = describe_costs(method, ensemble, tuple(data.train.images.shape[1:]))
     engine = make_engine(
