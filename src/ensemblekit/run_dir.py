@@ -52,8 +52,14 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds (part of) an ensemblekit run."""
-    return any((run_dir / name).exists() for name in RUN_FILES)
+    """Whether ``run_dir`` holds (part of) an ensemblekit run (an empty ``checkpoints/`` does not count)."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not any(path.iterdir()):
+            continue
+        if path.exists():
+            return True
+    return False
 
 
 def litter(run_dir: Path) -> list[Path]:
@@ -114,7 +120,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    elif run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name != LOCK_NAME and p.name not in RUN_FILES for p in run_dir.iterdir()):
         raise UserError(f"output directory {run_dir} is not empty and holds no run; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     return False

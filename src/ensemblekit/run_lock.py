@@ -44,13 +44,17 @@ def lock_holder(directory: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(directory: str | Path, action: str, *, create: bool = False) -> Iterator[None]:
+def run_lock(
+    directory: str | Path, action: str, *, create: bool = False, must_hold: str | None = "config.yaml"
+) -> Iterator[None]:
     """Hold the writer lock of ``directory`` for the ``with`` block.
 
     Args:
         directory: The run or suite directory.
         action: What the caller does (``"train"``, ``"evaluate"``...), for the error message.
         create: Create a missing directory (``train``, ``bench``); otherwise a missing one is refused.
+        must_hold: Without ``create``: a file the directory must hold (a run's ``config.yaml``), so that no
+            lock file is left in a folder that is not a run.
 
     Raises:
         UserError: another process holds the lock, or the path is missing or not a directory.
@@ -60,6 +64,8 @@ def run_lock(directory: str | Path, action: str, *, create: bool = False) -> Ite
         raise UserError(f"{'output path' if create else 'run directory'} is not a directory: {path}")
     if not create and not path.is_dir():
         raise UserError(f"run directory not found: {path}")
+    if not create and must_hold is not None and not (path / must_hold).is_file():
+        raise UserError(f"{path} is not a run directory (no {must_hold})")
     if fcntl is None:
         yield
         return

@@ -38,7 +38,7 @@ from ensemblekit.run_dir import (
     write_run_config,
 )
 from ensemblekit.run_lock import run_lock
-from ensemblekit.training.checkpoint import atomic_write_bytes, load_checkpoint
+from ensemblekit.training.checkpoint import atomic_torch_save, load_checkpoint
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.evaluate import collect_member_probs
 from ensemblekit.training.progress import Progress
@@ -264,7 +264,7 @@ def save_model(path: Path, cfg: Config, ensemble: nn.Module) -> None:
         "identity": model_identity(cfg),
         "state_dict": {k: v.detach().cpu() for k, v in ensemble.state_dict().items()},
     }
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_torch_save(path, state)
 
 
 def _identity_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:

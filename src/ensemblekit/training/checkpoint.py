@@ -8,6 +8,7 @@ with ``torch.load(weights_only=True)``, so loading a checkpoint cannot execute c
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -47,12 +48,10 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports ENOSPC as a RuntimeError
+    except OSError as exc:  # disk full, quota, permissions: the user's to fix
         Path(tmp).unlink(missing_ok=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc, 120)
         kept = "the previous file is kept" if path.exists() else "nothing was written"
-        hint = "" if isinstance(exc, OSError) else " (is the disk full?)"
-        raise UserError(f"cannot write {path}: {reason}{hint}; {kept}") from None
+        raise UserError(f"cannot write {path}: {exc.strerror or one_line(exc, 120)}; {kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -69,9 +68,20 @@ def _umask() -> int:
     return mask
 
 
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically: serialised in memory first, so a failing write is a plain ``OSError``.
+
+    (Writing straight to the file, torch reports a full disk as a ``RuntimeError`` that cannot be told apart
+    from a serialisation bug.)
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Save ``state`` (tensors and plain values only) atomically with ``torch.save``."""
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_torch_save(path, state)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
