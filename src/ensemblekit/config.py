@@ -137,13 +137,19 @@ class Config(_Section):
     meta: dict[str, Any] | None = Field(default=None, description="written by ensemblekit into run configs")
 
 
+def _key(part: object) -> str:
+    """A config key as shown in an error: plain names as they are, anything else as a short ``repr``."""
+    text = str(part)
+    return text if text.isidentifier() or text.isdigit() else shorten(text, 30)
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line for a pydantic error: ``config error: <prefix><field>: <what> (got <short value>)``.
 
     Only the first error is described (``(+n more)`` counts the others); echoed values are shortened.
     """
     first = err.errors(include_url=False)[0]
-    loc = prefix + ".".join(str(p) for p in first["loc"])
+    loc = prefix + ".".join(_key(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if not first["loc"]:  # a model-level check names its field itself

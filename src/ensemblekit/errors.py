@@ -20,8 +20,12 @@ for _attr in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxde
 class UserError(Exception):
     """A problem with the user's input (config, data, checkpoint, paths), not a bug.
 
-    The message must be one clear line that says what is wrong and, where possible, how to fix it.
+    The message must be one clear line that says what is wrong and, where possible, how to fix it; whatever
+    it echoes, it is kept to one line of at most :data:`MAX_MESSAGE` characters.
     """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
 
 
 class DataNotFoundError(UserError):

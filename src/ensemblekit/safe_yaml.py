@@ -79,8 +79,9 @@ def safe_yaml_load(text: str, what: str, *, plain_on_error: bool = False) -> Any
         UserError: invalid YAML (unless ``plain_on_error``), or a document that expands past
             :data:`MAX_EXPANDED_NODES` nodes.
     """
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader already refuses non-printable characters here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -101,7 +102,8 @@ def safe_yaml_load(text: str, what: str, *, plain_on_error: bool = False) -> Any
     except RecursionError:
         raise UserError(f"{what}: YAML nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_file(path: str | Path, what: str, max_bytes: int = MAX_YAML_BYTES) -> str:
