@@ -130,11 +130,11 @@ def test_grasp_on_a_resnet_matches_forward_over_reverse_hvp_and_the_bn_scale_inv
     def loss(params):
         return sum(F.cross_entropy(functional_call(functional, params, (x,)) / t, y) for x, y in batches)
 
-    g = grad(loss)(weights)
+    g = {k: v.detach() for k, v in grad(loss)(weights).items()}
     _, hg = jvp(grad(loss), (weights,), (g,))
     for name in layers:
         w, gl = weights[f"{name}.weight"], g[f"{name}.weight"]
-        reference = w * hg[f"{name}.weight"]
+        reference = (w * hg[f"{name}.weight"]).detach()
         scale = float(reference.abs().max())
         assert scale > 0
         torch.testing.assert_close(scores[name].double(), reference, rtol=1e-4, atol=1e-5 * scale)
