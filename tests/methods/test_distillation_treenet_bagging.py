@@ -113,17 +113,50 @@ def test_treenet_shares_the_trunk_and_counts_it_per_member():
         _method("treenet", shared_stages=4).build()
 
 
-def test_treenet_summed_loss_gives_the_trunk_every_branch_gradient():
-    method = _method("treenet", members=2, shared_stages=1)
-    ens = method.build()
-    (stage,) = method.recipe(ens)
+def _grads(module, loss):
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("branch_loss", ["sum", "mean"])
+def test_treenet_trunk_gradient_is_the_sum_of_every_branch_contribution(branch_loss):
+    """Lee et al. (2015): with L = Σ_i CE(z_i, y) the shared trunk accumulates every branch's gradient.
+
+    (The loss is computed in float32 from float64 logits, hence the float32 tolerances.)
+
+    The stage's loss (the engine's default member cross-entropy with the recipe's reduction) is back-propagated
+    with gradients enabled and compared with each branch's CE back-propagated alone: trunk gradient = Σ_i ∂CE_i/∂θ
+    (``sum``) or its 1/M (``mean``); branch i's parameters get ∂CE_i/∂θ_i only (times 1/M for ``mean``).
+    """
     from ensemblekit.training.losses import member_cross_entropy
 
-    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    with torch.no_grad():
-        out = ens(x)
-    summed = member_cross_entropy(out, y, stage.member_loss)
-    assert float(summed) == pytest.approx(sum(float(F.cross_entropy(out[i], y)) for i in range(2)), rel=1e-5)
+    method = _method("treenet", members=3, shared_stages=1, branch_loss=branch_loss)
+    ens = method.build().double().train()
+    (stage,) = method.recipe(ens)
+    assert stage.member_loss == branch_loss
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 10, (6,), generator=g)
+    joint = _grads(ens, member_cross_entropy(ens(x), y, stage.member_loss))
+    alone = [_grads(ens, F.cross_entropy(ens(x)[i], y)) for i in range(3)]  # train-mode BN: same batch statistics
+    scale = 1.0 if branch_loss == "sum" else 1.0 / 3
+    trunk = [n for n in joint if n.startswith("trunk.")]
+    assert trunk and all(n in a for a in alone for n in trunk)
+    for name in trunk:
+        expected = scale * sum(a[name] for a in alone)
+        torch.testing.assert_close(joint[name], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+    stem_weight = "trunk.0.conv.weight"
+    contributions = torch.stack([a[stem_weight].flatten() for a in alone])
+    assert (contributions.norm(dim=1) > 0).all()  # every branch really contributes to the trunk
+    assert torch.linalg.matrix_rank(contributions) == 3  # ... and differently: no branch's share is dropped
+    for i in range(3):
+        own = [n for n in joint if n.startswith(f"branches.{i}.")]
+        assert own
+        for name in own:
+            expected = scale * alone[i][name]
+            torch.testing.assert_close(joint[name], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+            for j in range(3):  # branch j's loss gives branch i nothing
+                assert j == i or name not in alone[j] or not alone[j][name].any()
 
 
 # ----------------------------------------------------------------------------------------------- bagging
@@ -146,8 +179,70 @@ def test_bagging_recipe_gives_each_member_its_own_resample():
     assert [m.spec.stage_channels for m in ens.members] == [(4, 8, 16), (8, 16, 32)]
 
 
-def test_bagging_run_end_to_end(tmp_path):
-    cfg = tiny_config(method={"name": "bagging", "members": 2}, train=FAST)
+def _bootstrap_indices_of(seed, sample_fraction=1.0):
+    cfg = config_from_dict(
+        tiny_config(method={"name": "bagging", "members": 3, "sample_fraction": sample_fraction}, train={"seed": seed})
+    )
+    method = build_method(cfg, num_classes=10, train_size=96)
+    return [s.train_indices for s in method.recipe(method.build())]
+
+
+def test_bagging_samples_are_deterministic_per_seed_and_differ_between_seeds():
+    first, again, other = _bootstrap_indices_of(0), _bootstrap_indices_of(0), _bootstrap_indices_of(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(not torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    assert all(not torch.equal(first[i], first[j]) for i in range(3) for j in range(i))
+
+
+@pytest.mark.parametrize("sample_fraction", [1.0, 0.5])
+def test_bagging_run_trains_each_member_on_its_own_bootstrap_sample_at_deep_ensemble_cost(
+    tmp_path, monkeypatch, sample_fraction
+):
+    """Breiman (1996): member i sees, every epoch, exactly its own N' draws with replacement (≈ 63.2 % distinct
+    for N' = N); an epoch is one pass over the N' draws, so member i costs E · N'/N epoch equivalents and the
+    ensemble M · E · N'/N (a deep ensemble's M · E for N' = N)."""
+    import ensemblekit.training.engine as engine_mod
+
+    served: dict[int, dict[int, list[torch.Tensor]]] = {}  # loader seed -> epoch -> row batches
+
+    class RecordingLoader(engine_mod.BatchLoader):
+        def iter_with_index(self):
+            for x, y, idx in super().iter_with_index():
+                if self.shuffle:  # a training loader (evaluation loaders do not shuffle)
+                    served.setdefault(self.seed, {}).setdefault(self.epoch, []).append(idx.clone())
+                yield x, y, idx
+
+    monkeypatch.setattr(engine_mod, "BatchLoader", RecordingLoader)
+    n, epochs, members = 96, 2, 2
+    size = round(sample_fraction * n)
+    cfg = tiny_config(
+        data={"train_size": n, "test_size": 32},
+        method={"name": "bagging", "members": members, "sample_fraction": sample_fraction},
+        train={"epochs": epochs},
+    )
     record = train(config_from_dict(cfg), tmp_path / "run", quiet=True)
-    assert record["num_members"] == 2 and list(record["costs"]["stages"]) == ["member_0", "member_1"]
-    assert record["costs"]["train_epoch_equivalents"] > 0
+    method = build_method(config_from_dict(cfg), num_classes=10, train_size=n)
+    samples = [s.train_indices for s in method.recipe(method.build())]
+
+    assert len(served) == members  # one data order per member
+    for rows, epochs_served in zip(samples, served.values(), strict=True):  # stages run in member order
+        assert sorted(epochs_served) == list(range(epochs))
+        orders = [torch.cat(epochs_served[e]) for e in range(epochs)]
+        for order in orders:  # every epoch is one pass over exactly this member's draws, repeats included
+            assert torch.equal(order.sort().values, rows.sort().values)
+        assert not torch.equal(orders[0], orders[1])  # reshuffled every epoch
+        assert len(rows) == size and rows.min() >= 0 and rows.max() < n
+        assert rows.unique().numel() < size  # drawn with replacement
+        if sample_fraction == 1.0:
+            assert 0.55 < rows.unique().numel() / n < 0.72  # E[distinct] = 1 − (1 − 1/N)^N ≈ 0.634 for N = 96
+    assert not torch.equal(samples[0].sort().values, samples[1].sort().values)
+
+    costs = record["costs"]
+    assert list(costs["stages"]) == [f"member_{i}" for i in range(members)]
+    unit = costs["single_inference_flops"]
+    for stage in costs["stages"].values():
+        assert stage["images_seen"] == epochs * size
+        assert stage["train_flops"] == pytest.approx(3 * epochs * size * unit, rel=1e-6)
+        assert stage["train_epoch_equivalents"] == pytest.approx(epochs * size / n, rel=1e-6)
+    assert costs["images_seen"] == members * epochs * size
+    assert costs["train_epoch_equivalents"] == pytest.approx(members * epochs * sample_fraction, rel=1e-6)

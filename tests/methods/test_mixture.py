@@ -71,9 +71,75 @@ def test_recipe_trains_jointly_without_weight_decay_on_coefficients():
     assert coefficients and method.cfg.train.weight_decay > 0
 
 
-def test_member_loss_option_reaches_the_stage():
-    method = _method(member_loss="mean")
-    assert method.recipe(method.build())[0].member_loss == "mean"
+TINY_MIXTURE = {"members": 3, "param_budget": 0.5, "execution": "loop"}
+TINY_MODEL = {"name": "resnet20", "width": 0.25}
+
+
+def _stage_gradients(member_loss, x, y):
+    """Gradients of the recipe's stage loss (the engine's default member cross-entropy) and of each member's CE."""
+    from ensemblekit.training.losses import member_cross_entropy
+
+    cfg = config_from_dict(
+        tiny_config(model=TINY_MODEL, method={"name": "mixture", "member_loss": member_loss, **TINY_MIXTURE})
+    )
+    torch.manual_seed(0)
+    method = build_method(cfg, num_classes=10, train_size=192)
+    ens = method.build().train()
+    (stage,) = method.recipe(ens)
+
+    def grads(loss):
+        ens.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in ens.named_parameters() if p.grad is not None}
+
+    joint = grads(member_cross_entropy(ens(x), y, stage.member_loss))
+    alone = [grads(torch.nn.functional.cross_entropy(ens.member_forward(i, x), y)) for i in range(3)]
+    return ens, joint, alone
+
+
+def test_member_loss_sum_gives_m_times_the_mean_gradient_and_each_member_its_own_ce():
+    """``sum``: L = Σ_i CE_i, so the bank gets Σ_i ∂CE_i/∂T and member i's coefficients ∂CE_i/∂α_i;
+    ``mean`` divides every gradient by M. Checked on the loss the recipe's stage trains with."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 10, (4,), generator=g)
+    ens, summed, alone = _stage_gradients("sum", x, y)
+    _, mean, _ = _stage_gradients("mean", x, y)
+    assert summed.keys() == mean.keys() and any(n.startswith("bank.") for n in summed)
+    for name, grad in summed.items():
+        tol = 1e-5 * float(grad.abs().max())
+        torch.testing.assert_close(grad, 3 * mean[name], rtol=1e-4, atol=tol)
+        torch.testing.assert_close(grad, sum(a.get(name, torch.zeros_like(grad)) for a in alone), rtol=1e-4, atol=tol)
+    coefficients = [n for n, m in ens.named_modules() if isinstance(m, TemplateLayer)]
+    assert coefficients
+    for layer in coefficients:
+        name = f"{layer}.coefficients"
+        for i in range(3):  # member i's α rows get exactly its own CE's gradient; the others' CE gives them none
+            torch.testing.assert_close(summed[name][i], alone[i][name][i], rtol=1e-4, atol=1e-9)
+            assert all(j == i or not alone[j][name][i].any() for j in range(3))
+        assert alone[0][name][0].abs().sum() > 0
+    bank = next(n for n in summed if n.startswith("bank."))
+    assert all(a[bank].abs().sum() > 0 for a in alone)  # every member's loss reaches the shared templates
+
+
+def test_member_loss_sum_trains_like_mean_at_m_times_the_learning_rate(tmp_path):
+    """End to end: one SGD step (no weight decay) with ``sum`` at lr η equals ``mean`` at lr M·η, because
+    ∇Σ_i CE_i = M ∇(1/M)Σ_i CE_i (the first momentum/Nesterov step is linear in the gradient)."""
+
+    def one_step(member_loss, lr, name):
+        cfg = tiny_config(
+            model=TINY_MODEL,
+            method={"name": "mixture", "member_loss": member_loss, **TINY_MIXTURE},
+            data={"train_size": 32, "test_size": 16, "batch_size": 32},
+            train={"epochs": 1, "lr": lr, "weight_decay": 0.0, "schedule": "constant"},
+        )
+        train(config_from_dict(cfg), tmp_path / name, quiet=True)
+        return torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"]
+
+    summed, mean = one_step("sum", 0.01, "sum"), one_step("mean", 0.03, "mean")
+    trained = [k for k, v in summed.items() if v.is_floating_point() and "running" not in k]
+    assert any(k.startswith("bank.") for k in trained) and any(k.endswith(".coefficients") for k in trained)
+    for key in trained:
+        torch.testing.assert_close(summed[key], mean[key], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(

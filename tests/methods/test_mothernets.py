@@ -62,19 +62,69 @@ def test_recipe_splits_the_epoch_budget_and_seeds_members_apart():
     ]
 
 
-def test_hatch_hook_preserves_the_mothers_function_and_is_deterministic():
+HATCH_FAMILIES = {
+    "resnet": ARCHS,
+    "wide_resnet": [{"name": "wrn16_4", "width": 0.25}, {"name": "wrn22_2", "width": 0.5}],
+    "vgg": [{"name": "vgg11", "width": 0.125}, {"name": "vgg13", "width": 0.125}],
+    "densenet": [
+        {"name": "densenet", "depth": 16, "growth_rate": 6},
+        {"name": "densenet", "depth": 28, "growth_rate": 9},
+    ],
+}
+
+
+@torch.no_grad()
+def _randomise_bn(model, seed):
+    """BN statistics and affine parameters as after training (the defaults 0/1 hide mapping errors)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.3)
+
+
+@pytest.mark.parametrize("family", list(HATCH_FAMILIES))
+def test_hatch_hook_preserves_a_trained_looking_mothers_function_in_every_family(family):
+    """MotherNets step 4 (Net2Net hatching, Chen et al. 2016): every hatched member computes the MotherNet's
+    function. The MotherNet's BN statistics and affine parameters are randomised (as after training) and so are
+    the members' (hatching must not rely on their defaults); eval mode, float64, no noise."""
+    method = _method(architectures=HATCH_FAMILIES[family], clusters=1, noise=0.0)
+    ens = method.build()
+    (stage, *_) = method.recipe(ens)
+    mother = method.mothers[0]
+    assert mother.spec.family == family
+    _randomise_bn(mother, 0)
+    for i, member in enumerate(ens.members):
+        _randomise_bn(member, 10 + i)
+    mother.double().eval()
+    ens.double().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        ref = mother(x)
+        before = [float((member(x) - ref).abs().max()) for member in ens.members]
+    stage.hooks.at_end[0](StageContext(stage=stage, stage_index=0, ensemble=ens, module=mother))
+    assert all(b > 1e-2 * float(ref.abs().max()) for b in before)  # the members did differ before hatching
+    assert any(m.spec != mother.spec for m in ens.members)  # at least one member really grows
+    with torch.no_grad():
+        for member in ens.members:
+            torch.testing.assert_close(member(x), ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+
+
+def test_hatch_hook_is_deterministic_and_its_noise_breaks_the_symmetry():
     method = _method(architectures=ARCHS, clusters=1, noise=0.0)
     ens = method.build()
     (stage, *_) = method.recipe(ens)
     x = torch.randn(4, 3, 32, 32)
     mother = method.mothers[0].eval()
+    _randomise_bn(mother, 0)
     ctx = StageContext(stage=stage, stage_index=0, ensemble=ens, module=mother)
     stage.hooks.at_end[0](ctx)
     ens.eval()
     with torch.no_grad():
         ref = mother(x)
-        for member in ens.members:
-            assert torch.allclose(member(x), ref, atol=1e-5 * float(ref.abs().max()))
     first = {k: v.clone() for k, v in ens.state_dict().items()}
     stage.hooks.at_end[0](ctx)  # a re-run (resume) writes the same weights
     assert all(torch.equal(first[k], v) for k, v in ens.state_dict().items())

@@ -74,11 +74,13 @@ class FissionNetwork(Ensemble):
         ]
 
     def owned_modules(self, path: int) -> list[nn.Module]:
-        """The stage copies and the head that only path ``path`` runs (empty stages for the main path's trunk)."""
-        own = [self.stages[s][path] for s in range(self.num_stages) if path <= s and path > 0]
-        if path == 0:
-            own = [self.stages[s][0] for s in range(self.num_stages) if len(self.stages[s]) > 1]
-        return [*own, self.heads[path]]
+        """The modules of :meth:`path_modules` that no other path runs (its own stage copies and head), in order.
+
+        The main path's copy of stage s (0-based) is also run by every exit k > s (before it branches), so the
+        main path owns only its copies after the last branch point, and its head.
+        """
+        others = {id(m) for p in range(self.num_members) if p != path for m in self.path_modules(p)}
+        return [m for m in self.path_modules(path) if id(m) not in others]
 
     def forward_path(self, path: int, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of exit ``path`` alone."""
