@@ -29,14 +29,12 @@ from ensemblekit.methods.base import METHODS, Method
 from ensemblekit.methods.subnetwork import anneal, noise
 from ensemblekit.methods.subnetwork.costs import layer_flops, saved_flops, weight_densities
 from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
-from ensemblekit.methods.subnetwork.options import SubnetworkOptions
+from ensemblekit.methods.subnetwork.options import MASKED_FAMILIES, SubnetworkOptions, group_size
 from ensemblekit.methods.subnetwork.parent import load_plain_state, parent_loader
 from ensemblekit.metrics import ensemble_metrics, inference_flops
 from ensemblekit.pruning import add_masks, prunable_layers, set_masks
 from ensemblekit.pruning import subnetwork_masks as sm
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
-
-MASKED_FAMILIES = ("sparse", "stochastic")
 
 
 def _fail(field: str, message: str) -> UserError:
@@ -81,15 +79,7 @@ class Subnetwork(Method):
     @property
     def group_size(self) -> int:
         """Children sharing one random draw: 2 for anti-random pairs, k for partitions, else 1."""
-        o = self.opts
-        partitioned = (o.family in MASKED_FAMILIES and o.masks == "partition") or (
-            o.family == "noisy" and o.noise_decomposition
-        )
-        if partitioned:
-            return o.partition_parts or self.candidates
-        if o.family in MASKED_FAMILIES and o.masks == "anti_random":
-            return 2
-        return 1
+        return group_size(self.opts, self.candidates)
 
     def build(self) -> SubnetworkEnsemble:
         o = self.opts
@@ -310,6 +300,7 @@ class Subnetwork(Method):
             "family": o.family,
             "masks": o.masks if o.family in MASKED_FAMILIES else None,
             "candidates": self.candidates,
+            "group_size": self.group_size,
             "selected": ensemble.selected.tolist(),
             "val_scores": [None if math.isnan(v) else v for v in ensemble.val_scores.tolist()],
             "include_parent": o.include_parent,
