@@ -13,6 +13,7 @@ from ensemblekit.methods.fission.build import fission_names, scored_layers
 from ensemblekit.methods.fission.loss import distillation_term, ensemble_teacher, fission_loss
 from ensemblekit.methods.fission.network import copies_per_stage
 from ensemblekit.methods.fission.split import transfer_channels
+from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import get_masks, masks_from_scores
 from ensemblekit.pruning.criteria import compute_scores
 from ensemblekit.runner import build_ensemble, describe_costs, train
@@ -182,13 +183,32 @@ def test_end_to_end_run_logs_densities_and_reports_sparse_flops(tmp_path):
     record = train(cfg, tmp_path / "run", quiet=True)
     costs = record["costs"]
     assert list(costs["stages"]) == ["prune", "train"]
-    assert costs["sparse_inference_flops"] < costs["dense_inference_flops"]
+    assert costs["inference_flops_sparse"] < costs["inference_flops"]
     assert costs["stages"]["prune"]["train_flops"] > 0  # the SNIP pass is charged
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     pruning = [e for e in events if e["event"] == "pruning"]
     assert len(pruning) == 1 and pruning[0]["prunable_nonzero"] == pruning[0]["backbone_nonzero"]
-    assert costs["prunable_nonzero"] == pruning[0]["backbone_nonzero"]
+    assert pruning[0]["inference_flops_sparse"] == pytest.approx(costs["inference_flops_sparse"])
     assert len(record["members"]) == 3
+
+
+def test_sparse_costs_follow_the_shared_schema_training_included(tmp_path):
+    """The keys subnetwork writes; training is charged at the pruned network's FLOP fraction (prune stage dense)."""
+    cfg = config_from_dict(tiny_config(method={"name": "fission", "criterion": "random"}, train={"epochs": 1}))
+    costs = train(cfg, tmp_path / "run", quiet=True)["costs"]
+    assert {*SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY} <= costs.keys()
+    assert not {"sparse_inference_flops", "dense_inference_flops", "prunable_nonzero", "unpruned_params"} & set(costs)
+    fraction = costs["inference_flops_sparse"] / costs["inference_flops"]
+    # the paths partition one 50 %-pruned backbone: about half a single model (shortcuts and heads stay dense)
+    assert 0.45 < costs["inference_flops_sparse_vs_single"] < 0.65 < 1.5 < costs["inference_flops_vs_single"]
+    eq = {name: stage["train_epoch_equivalents"] for name, stage in costs["stages"].items()}
+    assert costs["train_epoch_equivalents_sparse"] == pytest.approx(eq["prune"] + fraction * eq["train"])
+    assert costs["inference_flops_sparse_vs_single"] == pytest.approx(
+        costs["inference_flops_sparse"] / costs["single_inference_flops"]
+    )
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    pruned = sum(int((v == 0).sum()) for k, v in state.items() if k.endswith(".mask"))
+    assert pruned > 0 and costs["params_nonzero"] == costs["params"] - pruned
 
 
 @pytest.mark.parametrize("grouping", ["bernoulli", "channels"])

@@ -13,6 +13,7 @@ from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.methods.subnetwork import anneal
 from ensemblekit.methods.subnetwork.grow import grow
+from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import masked_layers, prunable_layers
 from ensemblekit.run_dir import read_run_config
 from ensemblekit.runner import train
@@ -246,6 +247,9 @@ def test_costs_count_parent_and_child_epochs_dense_and_sparse(tmp_path):
     assert c["train_epoch_equivalents"] == pytest.approx(parent + 2 * child)
     assert 0.45 * 2 * child < c["train_epoch_equivalents_sparse"] - parent < 0.6 * 2 * child  # 50 % sparse
     assert c["inference_flops_sparse_vs_single"] == pytest.approx(1.0, abs=0.1)  # two half-dense children
+    assert {*SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY} <= c.keys()  # the schema fission writes too
+    pruned = sum(int((v == 0).sum()) for k, v in _state(tmp_path / "r").items() if k.endswith(".mask"))
+    assert c["params_nonzero"] == c["params"] - pruned  # both children are members
     assert c["params"] == 2 * c["unique_params"] // 3  # two members of the three stored backbones
     assert record["subnetwork"]["child_density"] == [pytest.approx(0.5, abs=1e-3)] * 2
 
