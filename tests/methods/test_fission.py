@@ -16,7 +16,7 @@ from ensemblekit.methods.fission.split import transfer_channels
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import get_masks, masks_from_scores
 from ensemblekit.pruning.criteria import compute_scores
-from ensemblekit.runner import build_ensemble, describe_costs, train
+from ensemblekit.runner import build_ensemble, describe, describe_costs, train
 from tests.conftest import tiny_config
 
 SMALL = {"name": "resnet8", "width": 0.5}
@@ -209,6 +209,21 @@ def test_sparse_costs_follow_the_shared_schema_training_included(tmp_path):
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
     pruned = sum(int((v == 0).sum()) for k, v in state.items() if k.endswith(".mask"))
     assert pruned > 0 and costs["params_nonzero"] == costs["params"] - pruned
+    # describe runs the (data-free) pruning on the untrained ensemble: the trained run's sparse costs exactly
+    described = describe(cfg)
+    assert {k: described[k] for k in SPARSE_MODEL_KEYS} == {k: costs[k] for k in SPARSE_MODEL_KEYS}
+    assert described["sparse_costs"].startswith("exact: random pruning needs no data")
+
+
+def test_describe_estimates_sparse_costs_by_pruning_random_batches():
+    cfg = config_from_dict(tiny_config(method={"name": "fission", "criterion": "snip"}))
+    info = describe(cfg)
+    assert info["sparse_costs"] == "estimate: snip pruning on 1 batch(es) of 64 random images (3, 32, 32) " + (
+        "(a run scores its training data)"
+    )
+    assert 0.45 < info["inference_flops_sparse_vs_single"] < 0.9 < 1.5 < info["inference_flops_vs_single"]
+    assert info["params_nonzero"] < info["params"]
+    assert describe(cfg) == info  # seeded: the same estimate every time
 
 
 @pytest.mark.parametrize("grouping", ["bernoulli", "channels"])

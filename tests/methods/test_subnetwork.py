@@ -16,7 +16,7 @@ from ensemblekit.methods.subnetwork.grow import grow
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import masked_layers, prunable_layers
 from ensemblekit.run_dir import read_run_config
-from ensemblekit.runner import train
+from ensemblekit.runner import describe, train
 from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups
 from tests.conftest import run_cli, tiny_config
 
@@ -250,6 +250,9 @@ def test_costs_count_parent_and_child_epochs_dense_and_sparse(tmp_path):
     assert {*SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY} <= c.keys()  # the schema fission writes too
     pruned = sum(int((v == 0).sum()) for k, v in _state(tmp_path / "r").items() if k.endswith(".mask"))
     assert c["params_nonzero"] == c["params"] - pruned  # both children are members
+    described = describe(_cfg(members=2, masks="anti_random", child_epochs=1))  # the children's masks, no training
+    assert {k: described[k] for k in SPARSE_MODEL_KEYS} == {k: c[k] for k in SPARSE_MODEL_KEYS}
+    assert described["sparse_costs"].startswith("exact")
     assert c["params"] == 2 * c["unique_params"] // 3  # two members of the three stored backbones
     assert record["subnetwork"]["child_density"] == [pytest.approx(0.5, abs=1e-3)] * 2
 

@@ -59,9 +59,13 @@ def sparse_model_costs(nets: Iterable[nn.Module], costs: Mapping[str, Any], inpu
         costs: Dense costs with ``inference_flops``, ``single_inference_flops`` and ``params`` (as
             :func:`ensemblekit.runner.describe_costs` returns them).
         input_shape: Input shape with batch 1.
+
+    Returns:
+        ``inference_flops_sparse`` (per image, rounded to an int as ``inference_flops``),
+        ``inference_flops_sparse_vs_single`` and ``params_nonzero``.
     """
     nets = list(nets)
-    sparse = costs["inference_flops"] - sum(skipped_flops(net, input_shape) for net in nets)
+    sparse = round(costs["inference_flops"] - sum(skipped_flops(net, input_shape) for net in nets))
     return {
         "inference_flops_sparse": sparse,
         "inference_flops_sparse_vs_single": sparse / costs["single_inference_flops"],

@@ -228,9 +228,8 @@ class Fission(Method):
             labels instead of the training data, so the per-layer densities (hence the FLOPs) are an estimate.
         """
         o = self.options
-        if o.grouping == "channels" and o.path_init == "independent":
-            self.apply_fission(ensemble, [], image_shape)
-            return "exact: thin dense paths, no pruning"
+        if o.grouping == "channels":
+            return "exact: structured paths are thin dense networks (no zero weights)"
         batches = []
         if o.criterion in DATA_CRITERIA:
             gen = torch.Generator().manual_seed(self.cfg.train.seed + 7)
