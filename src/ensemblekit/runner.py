@@ -30,6 +30,7 @@ from ensemblekit.metrics import (
     member_metrics,
     reliability_bins,
 )
+from ensemblekit.metrics.sparse_costs import sparse_model_costs
 from ensemblekit.run_dir import (
     checkpoint_path,
     prepare_run_dir,
@@ -186,7 +187,11 @@ def _num_classes_hint(cfg: Config) -> int | None:
 
 
 def describe(cfg: Config) -> dict[str, Any]:
-    """Build the ensemble without training and return its costs (the ``costs`` keys of ``metrics.json``)."""
+    """Build the ensemble without training and return its costs (the ``costs`` keys of ``metrics.json``).
+
+    Masked methods (``fission``, ``subnetwork``) also report the sparse model costs after running their pruning on
+    the untrained ensemble; ``sparse_costs`` says whether that is exact or an estimate (random data).
+    """
     num_classes = _num_classes_hint(cfg)
     train_size = cfg.data.train_size or 50000
     image_shape = (3, 32, 32)
@@ -196,6 +201,11 @@ def describe(cfg: Config) -> dict[str, Any]:
         image_shape = tuple(data.train.images.shape[1:])
     method, ensemble = build_ensemble(cfg, num_classes, train_size)
     costs = describe_costs(method, ensemble, image_shape)
+    nets = method.sparse_nets(ensemble)
+    if nets is not None:  # masked methods: run their pruning (random data where it needs data) for sparse costs
+        with torch.random.fork_rng(devices=[]):
+            note = method.estimate_sparsity(ensemble, image_shape)
+        costs.update({**sparse_model_costs(nets, costs, (1, *image_shape)), "sparse_costs": note})
     return {
         "method": cfg.method.name,
         "backbone": cfg.model.name,

@@ -13,9 +13,10 @@ from ensemblekit.methods.fission.build import fission_names, scored_layers
 from ensemblekit.methods.fission.loss import distillation_term, ensemble_teacher, fission_loss
 from ensemblekit.methods.fission.network import copies_per_stage
 from ensemblekit.methods.fission.split import transfer_channels
+from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import get_masks, masks_from_scores
 from ensemblekit.pruning.criteria import compute_scores
-from ensemblekit.runner import build_ensemble, describe_costs, train
+from ensemblekit.runner import build_ensemble, describe, describe_costs, train
 from tests.conftest import tiny_config
 
 SMALL = {"name": "resnet8", "width": 0.5}
@@ -245,13 +246,47 @@ def test_end_to_end_run_logs_densities_and_reports_sparse_flops(tmp_path):
     record = train(cfg, tmp_path / "run", quiet=True)
     costs = record["costs"]
     assert list(costs["stages"]) == ["prune", "train"]
-    assert costs["sparse_inference_flops"] < costs["dense_inference_flops"]
+    assert costs["inference_flops_sparse"] < costs["inference_flops"]
     assert costs["stages"]["prune"]["train_flops"] > 0  # the SNIP pass is charged
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     pruning = [e for e in events if e["event"] == "pruning"]
     assert len(pruning) == 1 and pruning[0]["prunable_nonzero"] == pruning[0]["backbone_nonzero"]
-    assert costs["prunable_nonzero"] == pruning[0]["backbone_nonzero"]
+    assert pruning[0]["inference_flops_sparse"] == pytest.approx(costs["inference_flops_sparse"])
     assert len(record["members"]) == 3
+
+
+def test_sparse_costs_follow_the_shared_schema_training_included(tmp_path):
+    """The keys subnetwork writes; training is charged at the pruned network's FLOP fraction (prune stage dense)."""
+    cfg = config_from_dict(tiny_config(method={"name": "fission", "criterion": "random"}, train={"epochs": 1}))
+    costs = train(cfg, tmp_path / "run", quiet=True)["costs"]
+    assert {*SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY} <= costs.keys()
+    assert not {"sparse_inference_flops", "dense_inference_flops", "prunable_nonzero", "unpruned_params"} & set(costs)
+    fraction = costs["inference_flops_sparse"] / costs["inference_flops"]
+    # the paths partition one 50 %-pruned backbone: about half a single model (shortcuts and heads stay dense)
+    assert 0.45 < costs["inference_flops_sparse_vs_single"] < 0.65 < 1.5 < costs["inference_flops_vs_single"]
+    eq = {name: stage["train_epoch_equivalents"] for name, stage in costs["stages"].items()}
+    assert costs["train_epoch_equivalents_sparse"] == pytest.approx(eq["prune"] + fraction * eq["train"])
+    assert costs["inference_flops_sparse_vs_single"] == pytest.approx(
+        costs["inference_flops_sparse"] / costs["single_inference_flops"]
+    )
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    pruned = sum(int((v == 0).sum()) for k, v in state.items() if k.endswith(".mask"))
+    assert pruned > 0 and costs["params_nonzero"] == costs["params"] - pruned
+    # describe runs the (data-free) pruning on the untrained ensemble: the trained run's sparse costs exactly
+    described = describe(cfg)
+    assert {k: described[k] for k in SPARSE_MODEL_KEYS} == {k: costs[k] for k in SPARSE_MODEL_KEYS}
+    assert described["sparse_costs"].startswith("exact: random pruning needs no data")
+
+
+def test_describe_estimates_sparse_costs_by_pruning_random_batches():
+    cfg = config_from_dict(tiny_config(method={"name": "fission", "criterion": "snip"}))
+    info = describe(cfg)
+    assert info["sparse_costs"] == "estimate: snip pruning on 1 batch(es) of 64 random images (3, 32, 32) " + (
+        "(a run scores its training data)"
+    )
+    assert 0.45 < info["inference_flops_sparse_vs_single"] < 0.9 < 1.5 < info["inference_flops_vs_single"]
+    assert info["params_nonzero"] < info["params"]
+    assert describe(cfg) == info  # seeded: the same estimate every time
 
 
 @pytest.mark.parametrize("grouping", ["bernoulli", "channels"])

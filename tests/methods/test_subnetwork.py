@@ -13,8 +13,10 @@ from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.methods.subnetwork import anneal
 from ensemblekit.methods.subnetwork.grow import grow
+from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import masked_layers, prunable_layers
-from ensemblekit.runner import train
+from ensemblekit.run_dir import read_run_config
+from ensemblekit.runner import describe, train
 from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups
 from tests.conftest import run_cli, tiny_config
 
@@ -245,6 +247,12 @@ def test_costs_count_parent_and_child_epochs_dense_and_sparse(tmp_path):
     assert c["train_epoch_equivalents"] == pytest.approx(parent + 2 * child)
     assert 0.45 * 2 * child < c["train_epoch_equivalents_sparse"] - parent < 0.6 * 2 * child  # 50 % sparse
     assert c["inference_flops_sparse_vs_single"] == pytest.approx(1.0, abs=0.1)  # two half-dense children
+    assert {*SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY} <= c.keys()  # the schema fission writes too
+    pruned = sum(int((v == 0).sum()) for k, v in _state(tmp_path / "r").items() if k.endswith(".mask"))
+    assert c["params_nonzero"] == c["params"] - pruned  # both children are members
+    described = describe(_cfg(members=2, masks="anti_random", child_epochs=1))  # the children's masks, no training
+    assert {k: described[k] for k in SPARSE_MODEL_KEYS} == {k: c[k] for k in SPARSE_MODEL_KEYS}
+    assert described["sparse_costs"].startswith("exact")
     assert c["params"] == 2 * c["unique_params"] // 3  # two members of the three stored backbones
     assert record["subnetwork"]["child_density"] == [pytest.approx(0.5, abs=1e-3)] * 2
 
@@ -312,6 +320,43 @@ def test_grow_leaves_existing_children_bitwise_unchanged_and_equals_a_larger_run
     from ensemblekit.runner import evaluate
 
     assert evaluate(tmp_path / "run")["metrics"]["accuracy"] == pytest.approx(saved["metrics"]["accuracy"])
+
+
+GROWN_FAMILIES = {
+    "partition": {"masks": "partition"},
+    "noisy": {"family": "noisy", "noise_density": 0.5},
+    "noise_decomposition": {"family": "noisy", "noise_decomposition": True},
+    "stochastic": {"family": "stochastic", "masks": "random", "anneal_fraction": 1.0},
+}
+
+
+@pytest.mark.parametrize("family", list(GROWN_FAMILIES))
+def test_grow_equals_a_run_trained_from_the_grown_config(tmp_path, family):
+    """Partition groups keep the size the run was trained with (``partition_parts`` unset = the old members)."""
+    opts = {**GROWN_FAMILIES[family], "child_epochs": 1}
+    train(_cfg(members=2, **opts), tmp_path / "run", quiet=True)
+    old = _state(tmp_path / "run")
+    record = grow(tmp_path / "run", 2)
+    new = _state(tmp_path / "run")
+    assert all(_same(new[k], v) for k, v in old.items() if k not in ("selected", "val_scores"))
+    grown_cfg = read_run_config(tmp_path / "run")
+    grouped = family in ("partition", "noise_decomposition")
+    assert grown_cfg.method.options().get("partition_parts") == (2 if grouped else None)
+    assert record["subnetwork"]["group_size"] == (2 if grouped else 1)
+    if family == "partition":  # children 2 and 3 are a new pair of complementary halves, not quarters
+        assert record["subnetwork"]["child_density"] == [pytest.approx(0.5, abs=1e-3)] * 4
+    if family == "noisy":  # no groups: the grown run is simply the run with four children
+        assert grown_cfg.method.options() == _cfg(members=4, **opts).method.options()
+    train(grown_cfg, tmp_path / "fresh", quiet=True)
+    fresh = _state(tmp_path / "fresh")
+    assert fresh.keys() == new.keys() and all(_same(fresh[k], new[k]) for k in fresh)
+
+
+def test_grow_refuses_a_one_part_partition_in_one_line(tmp_path):
+    train(_cfg(members=1, masks="partition", child_epochs=0), tmp_path / "run", quiet=True)
+    with pytest.raises(UserError, match="one part") as err:
+        grow(tmp_path / "run", 2)
+    assert "\n" not in str(err.value)
 
 
 def test_grow_refuses_other_methods_and_odd_pairs(tmp_path):

@@ -7,6 +7,7 @@ from typing import Any
 
 from ensemblekit.bench.results import get_path
 from ensemblekit.errors import shorten
+from ensemblekit.metrics.sparse_costs import LEGACY_KEYS
 from ensemblekit.run_dir import read_metrics
 
 COLUMNS: list[tuple[str, str, str]] = [
@@ -47,17 +48,39 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+SPARSE_COLUMNS: list[tuple[str, str, str]] = [
+    # the sparse-cost schema (ensemblekit.metrics.sparse_costs), shown when a run reports it
+    ("sparse FLOPs x single", "costs.inference_flops_sparse_vs_single", ".2f"),
+    ("nonzero params", "costs.params_nonzero", ",d"),
+    ("sparse train epoch-eq", "costs.train_epoch_equivalents_sparse", ".2f"),
+]
+
+
+def _value(record: dict[str, Any], path: str) -> Any:
+    """The value at ``path``; for a sparse-cost key, runs written before the shared schema are read too."""
+    value = get_path(record, path)
+    if value is None and path.startswith("costs."):
+        legacy = LEGACY_KEYS.get(path.removeprefix("costs."))
+        value = None if legacy is None else get_path(record, f"costs.{legacy}")
+    return value
+
+
 def comparison_table(run_dirs: list[str | Path]) -> str:
     """A Markdown table with one row per run directory (method, costs, accuracy, NLL, ECE, diversity).
 
     ``disagree`` is the mean pairwise top-1 disagreement; ``Fort div`` divides it by the reference member's
-    error (Fort et al., 2019), averaged over ordered pairs.
+    error (Fort et al., 2019), averaged over ordered pairs. When a run reports sparse costs (``fission``,
+    ``subnetwork``), the sparse columns follow (``-`` for runs without masked weights).
     """
-    header = "| run | " + " | ".join(h for h, _, _ in COLUMNS) + " |"
-    sep = "|" + "---|" * (len(COLUMNS) + 1)
+    records = [read_metrics(Path(run)) for run in run_dirs]
+    columns = list(COLUMNS)
+    if any(_value(r, path) is not None for r in records for _, path, _ in SPARSE_COLUMNS):
+        at = 1 + next(i for i, c in enumerate(columns) if c[1] == "costs.train_epoch_equivalents")
+        columns[at:at] = SPARSE_COLUMNS  # after the dense training cost
+    header = "| run | " + " | ".join(h for h, _, _ in columns) + " |"
+    sep = "|" + "---|" * (len(columns) + 1)
     rows = [header, sep]
-    for run in run_dirs:
-        record = read_metrics(Path(run))
-        cells = [_fmt(get_path(record, path), spec) for _, path, spec in COLUMNS]
+    for run, record in zip(run_dirs, records, strict=True):
+        cells = [_fmt(_value(record, path), spec) for _, path, spec in columns]
         rows.append(f"| {Path(run).name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

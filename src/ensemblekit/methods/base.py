@@ -98,6 +98,21 @@ class Method:
         """Method-specific costs of the trained ensemble merged into ``metrics.json`` ``costs`` (e.g. sparse FLOPs)."""
         return {}
 
+    def sparse_nets(self, ensemble: Ensemble) -> list[nn.Module] | None:
+        """Networks whose masked (zero) weights the sparse costs skip (:mod:`ensemblekit.metrics.sparse_costs`).
+
+        ``None`` (the default) for a dense method: it reports no sparse costs.
+        """
+        return None
+
+    def estimate_sparsity(self, ensemble: Ensemble, image_shape: tuple[int, ...]) -> str:
+        """Give a freshly built ensemble the zero weights a run would have, for ``describe`` (no training).
+
+        Methods with :meth:`sparse_nets` implement it (random data where their pruning needs data). Returns a short
+        note that says whether the resulting sparse costs are exact or an estimate.
+        """
+        raise NotImplementedError
+
     # -- shared helpers ------------------------------------------------------------------------
     def backbone(self, **overrides: Any) -> nn.Module:
         """A fresh backbone as the config's ``model`` section describes it (overrides win)."""

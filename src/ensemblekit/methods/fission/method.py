@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.methods.base import METHODS, Method, MethodOptions
@@ -40,14 +41,16 @@ from ensemblekit.methods.fission.build import (
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.network import FissionNetwork
 from ensemblekit.methods.fission.split import split_masks, transfer_channels
-from ensemblekit.metrics import inference_flops
+from ensemblekit.metrics import count_parameters, inference_flops
+from ensemblekit.metrics.sparse_costs import SPARSE_TRAIN_KEY, sparse_epoch_equivalents, sparse_model_costs
 from ensemblekit.models import Backbone, build_model
 from ensemblekit.pruning.criteria import compute_scores
-from ensemblekit.pruning.masks import density_report, get_masks, masks_from_scores, set_masks
-from ensemblekit.pruning.sparse_flops import sparse_inference_flops
+from ensemblekit.pruning.masks import density_report, masks_from_scores, set_masks
 from ensemblekit.training.stage import Stage, StageContext, StageHooks, stage_from_train
 
 DATA_CRITERIA = ("snip", "grasp")
+DESCRIBE_BATCH = 64
+"""Largest random batch ``describe`` scores with SNIP / GraSP (:meth:`Fission.estimate_sparsity`)."""
 
 
 class FissionOptions(MethodOptions):
@@ -180,7 +183,7 @@ class Fission(Method):
             meter.add_step(images, meter.single_forward_flops)
         if o.criterion == "synflow" and report.get("criterion"):
             meter.add_step(o.synflow_rounds, meter.single_forward_flops)
-        report.update(self.extra_costs(ctx.ensemble, input_shape))
+        report.update(self.pruning_report_costs(ctx.ensemble, input_shape))
         engine.logger.event("pruning", **report)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
@@ -191,19 +194,61 @@ class Fission(Method):
         return [prune, train]
 
     # -- costs ---------------------------------------------------------------------------------
-    def extra_costs(self, ensemble: Ensemble, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
-        """Dense and sparse inference FLOPs (non-zero weights only) and non-zero prunable weights."""
-        shape = (1, *image_shape)
-        flops = sparse_inference_flops(ensemble, shape)
+    def sparse_nets(self, ensemble: Ensemble) -> list[nn.Module]:
+        """The fission network (one module holding every exit): its masked weights are what sparse costs skip."""
+        return [ensemble]
+
+    def _dense_costs(self, ensemble: Ensemble, shape: tuple[int, ...]) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
             single = inference_flops(self.single_backbone(), shape)
+        return {
+            "inference_flops": inference_flops(ensemble, shape),
+            "single_inference_flops": single,
+            "params": count_parameters(ensemble)["params"],
+        }
+
+    def update_record(self, record: dict[str, Any], ensemble: Ensemble, engine) -> None:
+        """Add the sparse costs (:mod:`ensemblekit.metrics.sparse_costs`) to ``metrics.json``'s record.
+
+        The ``train`` stage runs the pruned network, so with zero-skipping kernels its FLOPs scale by
+        f = inference_flops_sparse / inference_flops (forward and both backward products skip the same zero
+        weights); the ``prune`` stage scores the dense backbone (f = 1).
+        """
+        costs = record["costs"]
+        costs.update(sparse_model_costs([ensemble], costs, (1, *engine.data.train.images.shape[1:])))
+        fraction = costs["inference_flops_sparse"] / costs["inference_flops"]
+        costs[SPARSE_TRAIN_KEY] = sparse_epoch_equivalents(costs["stages"], {"train": fraction})
+
+    def estimate_sparsity(self, ensemble: Ensemble, image_shape: tuple[int, ...]) -> str:
+        """Run the prune stage on a freshly built ensemble for ``describe``; SNIP/GraSP score random batches.
+
+        Returns:
+            How exact the resulting sparse costs are: data-free criteria give the run's own masks; SNIP and GraSP
+            score ``score_batches`` batches of random images (at most :data:`DESCRIBE_BATCH` each) and random
+            labels instead of the training data, so the per-layer densities (hence the FLOPs) are an estimate.
+        """
+        o = self.options
+        if o.grouping == "channels":
+            return "exact: structured paths are thin dense networks (no zero weights)"
+        batches = []
+        if o.criterion in DATA_CRITERIA:
+            gen = torch.Generator().manual_seed(self.cfg.train.seed + 7)
+            size = min(o.score_batch_size, DESCRIBE_BATCH)
+            for _ in range(o.score_batches):
+                images = torch.randn((size, *image_shape), generator=gen)
+                batches.append((images, torch.randint(self.num_classes, (size,), generator=gen)))
+        self.apply_fission(ensemble, batches, image_shape)
+        if not batches:
+            return f"exact: {o.criterion} pruning needs no data (the masks a run starts from)"
+        return (
+            f"estimate: {o.criterion} pruning on {len(batches)} batch(es) of {size} random images "
+            f"{tuple(image_shape)} (a run scores its training data)"
+        )
+
+    def pruning_report_costs(self, ensemble: Ensemble, image_shape: tuple[int, ...]) -> dict[str, Any]:
+        """The pruning event's costs: the sparse model costs and ``prunable_nonzero`` (non-zero scored weights)."""
+        shape = (1, *image_shape)
         table = dict(ensemble.named_modules())
         nonzero = sum(int((table[n].weight.detach() != 0).sum()) for n in scored_layers(ensemble))
-        pruned = sum(int((m == 0).sum()) for m in get_masks(ensemble).values())
-        return {
-            "dense_inference_flops": flops["dense"],
-            "sparse_inference_flops": flops["sparse"],
-            "sparse_inference_flops_vs_single": flops["sparse"] / single,
-            "prunable_nonzero": nonzero,
-            "unpruned_params": sum(p.numel() for p in ensemble.parameters()) - pruned,
-        }
+        sparse = sparse_model_costs([ensemble], self._dense_costs(ensemble, shape), shape)
+        return {**sparse, "prunable_nonzero": nonzero}

@@ -4,8 +4,9 @@ Children can be produced at any time from the stored parent (methods.md section 
 the run's ensemble with ``members + K`` children, loads ``model.pt`` (parent and existing children, bitwise),
 runs only the new children's ``child_i_make``/``child_i`` stages, re-evaluates on the test split and rewrites
 ``model.pt``, ``config.yaml`` and ``metrics.json`` (each atomically). Costs add the new stages to the recorded
-ones; the previous metrics are kept under ``history``. Child i's randomness depends only on (seed, i), so a
-grown run equals a run trained with ``members + K`` children from the start.
+ones; the previous metrics are kept under ``history``. Child i's randomness depends only on (seed, i, its group),
+so a grown run equals a run trained from the start with the grown ``config.yaml`` (for a partition with
+``partition_parts`` unset, that config records the run's group size; see :func:`grown_config`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ensemblekit.config import config_from_dict, config_to_dict
 from ensemblekit.errors import UserError
-from ensemblekit.methods.subnetwork.options import SubnetworkOptions
+from ensemblekit.methods.subnetwork.options import SubnetworkOptions, is_partitioned
 from ensemblekit.run_dir import read_metrics, read_run_config, write_json, write_run_config
 from ensemblekit.run_lock import run_lock
 from ensemblekit.training.checkpoint import load_checkpoint
@@ -27,10 +28,23 @@ TOTAL_KEYS = ("train_flops", "train_epoch_equivalents", "train_seconds", "images
 
 
 def grown_config(cfg, old_members: int, children: int):
-    """The run's config with ``children`` more members (and candidates, when the config names them)."""
+    """The run's config with ``children`` more members (and candidates, when the config names them).
+
+    A partitioned run (``masks: partition`` or ``noise_decomposition``) whose ``partition_parts`` was unset used
+    groups of ``old_members`` children (the default k is the number of candidates); the grown config records that
+    k, so the new children form new groups of the same size (and density 1/k) instead of sub-masks of a larger
+    partition. Training the grown config from scratch gives the grown run.
+    """
     raw = config_to_dict(cfg)
     raw.pop("meta", None)
     method = raw["method"]
+    opts = SubnetworkOptions.model_validate(cfg.method.options())
+    if is_partitioned(opts) and opts.partition_parts is None:
+        if old_members < 2:
+            raise UserError(
+                "grow: this run's partition has one part (the parent itself); set method.partition_parts and retrain"
+            )
+        method["partition_parts"] = old_members
     method["members"] = old_members + children
     if method.get("candidates") is not None:
         method["candidates"] = old_members + children

@@ -27,16 +27,19 @@ from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS, Method
 from ensemblekit.methods.subnetwork import anneal, noise
-from ensemblekit.methods.subnetwork.costs import layer_flops, saved_flops, weight_densities
 from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
-from ensemblekit.methods.subnetwork.options import SubnetworkOptions
+from ensemblekit.methods.subnetwork.options import MASKED_FAMILIES, SubnetworkOptions, group_size
 from ensemblekit.methods.subnetwork.parent import load_plain_state, parent_loader
 from ensemblekit.metrics import ensemble_metrics, inference_flops
+from ensemblekit.metrics.sparse_costs import (
+    SPARSE_TRAIN_KEY,
+    skipped_flops,
+    sparse_epoch_equivalents,
+    sparse_model_costs,
+)
 from ensemblekit.pruning import add_masks, prunable_layers, set_masks
 from ensemblekit.pruning import subnetwork_masks as sm
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
-
-MASKED_FAMILIES = ("sparse", "stochastic")
 
 
 def _fail(field: str, message: str) -> UserError:
@@ -81,15 +84,7 @@ class Subnetwork(Method):
     @property
     def group_size(self) -> int:
         """Children sharing one random draw: 2 for anti-random pairs, k for partitions, else 1."""
-        o = self.opts
-        partitioned = (o.family in MASKED_FAMILIES and o.masks == "partition") or (
-            o.family == "noisy" and o.noise_decomposition
-        )
-        if partitioned:
-            return o.partition_parts or self.candidates
-        if o.family in MASKED_FAMILIES and o.masks == "anti_random":
-            return 2
-        return 1
+        return group_size(self.opts, self.candidates)
 
     def build(self) -> SubnetworkEnsemble:
         o = self.opts
@@ -280,29 +275,42 @@ class Subnetwork(Method):
         p0, schedule, _ = self._anneal_args(i)
         return sum(anneal.keep_probability(t, steps, p0, schedule) for t in range(total)) / total
 
+    def sparse_nets(self, ensemble: SubnetworkEnsemble) -> list[nn.Module]:
+        """The member networks: their masked weights are what the sparse costs skip."""
+        return ensemble.member_nets()
+
+    def estimate_sparsity(self, ensemble: SubnetworkEnsemble, image_shape: tuple[int, ...]) -> str:
+        """Give the member children their (target) masks for ``describe``.
+
+        Every mask family keeps exactly round((1 − s)·n_l) weights of layer l (or whole rows for ``neurons``), so
+        the sparse FLOPs of the untrained children are those of the trained ones (``magnitude`` picks other weights
+        of the untrained parent, in the same numbers). Noisy children are dense.
+        """
+        o = self.opts
+        if o.family not in MASKED_FAMILIES:
+            return "exact: noisy children are dense"
+        for i in ensemble.selected.tolist():
+            set_masks(ensemble.child_nets[i], self.child_masks(i, ensemble))
+        return f"exact: the children's {o.masks} masks (layer-wise counts)"
+
+    def child_sparse_fraction(self, i: int, engine, ensemble: SubnetworkEnsemble, shape) -> float:
+        """The sparse fraction f of child i's tuning stage: 1 − (1 − ē)·Σ_l (F_l − F_l^nz) / F_child.
+
+        ē is the mean fraction of non-target weights sampled during tuning (SSA, :meth:`mean_density_factor`;
+        0 otherwise), so a 50 %-sparse child epoch counts 0.5 (Whitaker's survey accounting).
+        """
+        child = ensemble.child_nets[i]
+        extra = self.mean_density_factor(i, engine, ensemble)
+        return 1.0 - (1.0 - extra) * skipped_flops(child, shape) / float(inference_flops(child, shape))
+
     def update_record(self, record: dict[str, Any], ensemble: SubnetworkEnsemble, engine) -> None:
         """Add sparse costs, the parent's own test metrics and the selection to ``metrics.json``'s record."""
         costs = record["costs"]
         shape = self._shape(engine)
-        member_saved = sum(saved_flops(net, input_shape=shape) for net in ensemble.member_nets())
-        costs["inference_flops_sparse"] = costs["inference_flops"] - member_saved
-        single = costs["inference_flops"] / costs["inference_flops_vs_single"]
-        costs["inference_flops_sparse_vs_single"] = costs["inference_flops_sparse"] / single
-        costs["params_nonzero"] = sum(_nonzero_params(net) for net in ensemble.member_nets())
-        sparse_eq = 0.0
-        for name, stage in costs["stages"].items():
-            eq = stage["train_epoch_equivalents"]
-            if name.startswith("child_") and not name.endswith("_make"):
-                i = int(name.split("_")[1])
-                child = ensemble.child_nets[i]
-                dens = weight_densities(child)
-                extra = self.mean_density_factor(i, engine, ensemble)
-                dens = {k: d + (1.0 - d) * extra for k, d in dens.items()}
-                per_layer = layer_flops(child, shape)
-                saved = sum((1.0 - dens.get(n, 1.0)) * f for n, f in per_layer.items())
-                eq *= 1.0 - saved / single
-            sparse_eq += eq
-        costs["train_epoch_equivalents_sparse"] = sparse_eq
+        costs.update(sparse_model_costs(self.sparse_nets(ensemble), costs, shape))
+        tuned = [n for n in costs["stages"] if n.startswith("child_") and not n.endswith("_make")]
+        fractions = {n: self.child_sparse_fraction(int(n.split("_")[1]), engine, ensemble, shape) for n in tuned}
+        costs[SPARSE_TRAIN_KEY] = sparse_epoch_equivalents(costs["stages"], fractions)
         parent_probs, labels = engine.member_probs(ensemble.parent, "test")
         parent = ensemble_metrics(parent_probs, labels)
         o = self.opts
@@ -310,6 +318,7 @@ class Subnetwork(Method):
             "family": o.family,
             "masks": o.masks if o.family in MASKED_FAMILIES else None,
             "candidates": self.candidates,
+            "group_size": self.group_size,
             "selected": ensemble.selected.tolist(),
             "val_scores": [None if math.isnan(v) else v for v in ensemble.val_scores.tolist()],
             "include_parent": o.include_parent,
@@ -317,13 +326,6 @@ class Subnetwork(Method):
             "parent_test": {k: parent[k] for k in ("accuracy", "nll", "ece", "brier")},
             "child_density": [_density(net) for net in (ensemble.child_nets[i] for i in ensemble.selected.tolist())],
         }
-
-
-def _nonzero_params(net: nn.Module) -> int:
-    """Non-zero entries of ``net``'s parameters, masked weights counted by their effective (masked) value."""
-    plain = sum(int((p.detach() != 0).sum()) for n, p in net.named_parameters() if ".parametrizations." not in n)
-    masked = [m for m in net.modules() if hasattr(m, "parametrizations") and "weight" in m.parametrizations]
-    return plain + sum(int((m.weight.detach() != 0).sum()) for m in masked)
 
 
 def _density(net: nn.Module) -> float:

@@ -8,6 +8,9 @@ from pydantic import Field
 
 from ensemblekit.methods.base import MethodOptions
 
+MASKED_FAMILIES = ("sparse", "stochastic")
+"""Families whose children carry weight masks."""
+
 
 class SubnetworkOptions(MethodOptions):
     """Options of ``subnetwork``.
@@ -26,6 +29,8 @@ class SubnetworkOptions(MethodOptions):
         sparsity: Pruned fraction for ``random``, ``magnitude`` and ``neurons`` (default 0.5); ``anti_random``
             (always 0.5) and ``partition`` (1 − 1/parts) refuse it.
         partition_parts: k of Neural Partitioning (default: ``candidates``); ``candidates`` must be a multiple.
+            ``ensemblekit grow`` records the group size here when it was left unset, so grown children
+            keep the run's partition size.
         noise_density: ρ, fraction of each tensor's entries mutated (0 = the parent itself, 1 = dense).
         noise_sigma: σ_rel, the noise std relative to each tensor's std.
         noise_scope: ``weights`` (conv and linear weights, classifier included) or ``all`` parameters.
@@ -69,3 +74,21 @@ class SubnetworkOptions(MethodOptions):
     child_epochs: int = Field(default=2, ge=0)
     child_lr: float | None = Field(default=None, gt=0)
     child_schedule: Literal["onecycle", "constant", "cosine"] = "onecycle"
+
+
+def group_size(o: SubnetworkOptions, candidates: int) -> int:
+    """Children sharing one random draw (a group).
+
+    k = ``partition_parts`` (default ``candidates``) for partitions (``masks: partition`` of a masked family, or
+    ``noise_decomposition``), 2 for anti-random pairs, else 1.
+    """
+    if is_partitioned(o):
+        return o.partition_parts or candidates
+    if o.family in MASKED_FAMILIES and o.masks == "anti_random":
+        return 2
+    return 1
+
+
+def is_partitioned(o: SubnetworkOptions) -> bool:
+    """Whether the children of a group share a partition (Neural Partitioning masks or SMD supports)."""
+    return (o.family in MASKED_FAMILIES and o.masks == "partition") or (o.family == "noisy" and o.noise_decomposition)
