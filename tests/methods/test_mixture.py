@@ -142,6 +142,31 @@ def test_member_loss_sum_trains_like_mean_at_m_times_the_learning_rate(tmp_path)
         torch.testing.assert_close(summed[key], mean[key], rtol=1e-4, atol=1e-6)
 
 
+def test_blob_is_decayed_while_bn_and_biases_are_not_when_decay_bn_and_bias_is_false():
+    """The blob is a (1-D) weight bank: classed by role it is decayed; BN parameters and biases are not."""
+    cfg = tiny_config(
+        model=SMALL_MODEL,
+        method={"name": "mixture", "members": 2, "param_budget": 0.25, "sharing": "blob"},
+        train={"decay_bn_and_bias": False},
+    )
+    method = build_method(config_from_dict(cfg), num_classes=10, train_size=192)
+    ens = method.build()
+    (stage,) = method.recipe(ens)
+    opt = build_optimizer(stage.param_groups(ens), stage.optim)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    wd = method.cfg.train.weight_decay
+    assert wd > 0 and ens.bank.blob is not None and ens.bank.blob.dim() == 1
+    assert decay[id(ens.bank.blob)] == wd
+    norm = [p for m in ens.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters(recurse=False)]
+    biases = [p for n, p in ens.named_parameters() if n.endswith(".bias")]
+    assert norm and biases and all(decay[id(p)] == 0.0 for p in norm + biases)
+
+
+def test_member_loss_option_reaches_the_stage():
+    method = _method(member_loss="mean")
+    assert method.recipe(method.build())[0].member_loss == "mean"
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [

@@ -34,6 +34,18 @@ def test_snip_scores_equal_abs_gradient_times_weight_by_hand():
     assert net[0].weight.grad is None  # scoring leaves no gradients behind
 
 
+def test_snip_with_the_official_logit_nll_loss_by_hand():
+    """NFE's code: L = −mean_b z_{b,y_b} on raw logits, so dL/dW = −e_y xᵀ and s = |g ⊙ w|."""
+    net = _linear([[1.0, -2.0], [0.5, 3.0]])
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([0])
+    scores = snip_scores(net, ["0"], [(x, y)], loss="logit_nll")
+    assert scores["0"].tolist() == [[1.0, 4.0], [0.0, 0.0]]
+    via_compute = compute_scores("snip", net, ["0"], batches=[(x, y)], snip_loss="logit_nll")
+    assert torch.equal(via_compute["0"], scores["0"])
+    with pytest.raises(ValueError, match="unknown SNIP loss"):
+        snip_scores(net, ["0"], [(x, y)], loss="nll")
+
+
 def test_magnitude_keeps_the_largest_weights():
     net = _linear([[1.0, -4.0, 0.1], [-0.5, 3.0, 2.0]])
     masks = masks_from_scores(compute_scores("magnitude", net, ["0"]), density=0.5)

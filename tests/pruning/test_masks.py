@@ -13,6 +13,7 @@ from ensemblekit.pruning import (
     masks_from_scores,
     prunable_layers,
     prunable_weights,
+    raw_weight,
     set_masks,
 )
 
@@ -44,6 +45,29 @@ def test_masked_weights_stay_exactly_zero_through_sgd_with_weight_decay():
     for name, mask in get_masks(net).items():
         w = dict(net.named_modules())[name].weight
         assert torch.all(w[mask == 0] == 0)
+
+
+def test_gradient_masks_keep_the_weights_in_the_forward_and_let_only_weight_decay_move_them():
+    """enforce="gradient" (official NFE code): masked weights are used, get no gradient, shrink by w·(1 − lr·wd)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    assert add_masks(net, enforce="gradient") == ["0"]
+    mask = (torch.rand(5, 6) < 0.5).float()
+    set_masks(net, {"0": mask})
+    w0 = raw_weight(net[0]).detach().clone()
+    assert torch.equal(net[0].weight, w0) and w0[mask == 0].abs().min() > 0  # dense in the forward pass
+    lr, wd = 0.1, 0.01
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0, weight_decay=wd)
+    nn.functional.cross_entropy(net(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+    grad = raw_weight(net[0]).grad.clone()
+    assert not grad[mask == 0].any() and grad[mask == 1].abs().min() > 0
+    opt.step()
+    w1 = raw_weight(net[0]).detach()
+    torch.testing.assert_close(w1[mask == 0], w0[mask == 0] * (1 - lr * wd), rtol=1e-6, atol=0)
+    torch.testing.assert_close(w1[mask == 1], w0[mask == 1] * (1 - lr * wd) - lr * grad[mask == 1])
+    assert density_report(net)["0"]["density"] == 1.0  # nothing is zero: the official mode is dense
+    with pytest.raises(ValueError, match="enforce must be"):
+        add_masks(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), enforce="hook")
 
 
 def test_global_threshold_keeps_exactly_the_top_scores():

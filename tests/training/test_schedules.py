@@ -78,6 +78,31 @@ def test_bn_and_bias_can_be_excluded_from_weight_decay():
     assert decayed == {id(net[0].weight), id(net[2].weight)}
 
 
+def test_decay_exclusion_is_by_role_not_by_dimension():
+    """A 1-D weight (no ``bias`` name, not in a norm layer) is decayed; a 2-D norm parameter is not."""
+    from ensemblekit.layers.batch_ensemble import EnsembleBatchNorm2d
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=True), torch.nn.GroupNorm(2, 4), EnsembleBatchNorm2d(2, 4))
+    net.register_parameter("flat", torch.nn.Parameter(torch.zeros(7)))
+    opt = build_optimizer(
+        default_param_groups(net, OptimSpec(decay_bn_and_bias=False)),
+        OptimSpec(weight_decay=5e-4, decay_bn_and_bias=False),
+    )
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(net.flat), id(net[0].weight)}
+
+
+def test_conv_net_decays_exactly_its_conv_and_linear_weights_when_bn_and_bias_are_excluded():
+    from ensemblekit.models import create_model
+
+    net = create_model("resnet20", num_classes=10, width=0.25)
+    groups = default_param_groups(net, OptimSpec(decay_bn_and_bias=False))
+    opt = build_optimizer(groups, OptimSpec(weight_decay=5e-4, decay_bn_and_bias=False))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    weights = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
+    assert decayed == weights and len(weights) > 20
+
+
 def test_lr_multiplier_groups():
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     opt = build_optimizer([{"params": [a]}, {"params": [b], "lr_mult": 0.5}], OptimSpec(lr=0.2))

@@ -252,6 +252,8 @@ class EnsembleBatchNorm2d(nn.Module):
         momentum: Running-statistics momentum (PyTorch semantics).
     """
 
+    is_normalization = True  # its γ, β are normalisation parameters (training.optim.is_bn_or_bias)
+
     def __init__(self, members: int, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.members, self.channels, self.eps, self.momentum = members, channels, eps, momentum

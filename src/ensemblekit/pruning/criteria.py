@@ -51,19 +51,28 @@ def magnitude_scores(net: nn.Module, layers: Sequence[str]) -> dict[str, torch.T
     return {name: w.detach().abs() for name, w in _weights(net, layers).items()}
 
 
-def snip_scores(net: nn.Module, layers: Sequence[str], batches: Batches) -> dict[str, torch.Tensor]:
+SnipLoss = Literal["cross_entropy", "logit_nll"]
+
+
+def snip_scores(
+    net: nn.Module, layers: Sequence[str], batches: Batches, loss: SnipLoss = "cross_entropy"
+) -> dict[str, torch.Tensor]:
     """SNIP connection sensitivity, s_j = |∂L/∂c_j| at c = 1, which equals |g_j · w_j|.
 
     Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on Connection Sensitivity", ICLR 2019.
     L is the cross-entropy (mean over each batch) of the network in its current mode (NFE's code scores in train
     mode, BN on batch statistics); g = Σ_batches ∂L/∂w. The normalisation by Σ_j s_j of the paper does not
-    change the ranking and is left out.
+    change the ranking and is left out. ``loss="logit_nll"`` is the official NFE code's loss (Lee & Lee, 2024):
+    the negative log-likelihood applied to raw logits, L = −(1/B) Σ_b z_{b, y_b} (no log-softmax).
     """
+    if loss not in ("cross_entropy", "logit_nll"):
+        raise ValueError(f"unknown SNIP loss {loss!r}; valid: cross_entropy, logit_nll")
     weights = _weights(net, layers)
     grads = {name: torch.zeros_like(w) for name, w in weights.items()}
     for x, y in batches:
-        loss = F.cross_entropy(net(x).float(), y)
-        for name, g in zip(weights, torch.autograd.grad(loss, list(weights.values())), strict=True):
+        z = net(x).float()
+        value = F.cross_entropy(z, y) if loss == "cross_entropy" else F.nll_loss(z, y)
+        for name, g in zip(weights, torch.autograd.grad(value, list(weights.values())), strict=True):
             grads[name] += g
     return {name: (grads[name] * w.detach()).abs() for name, w in weights.items()}
 
@@ -155,6 +164,7 @@ def compute_scores(
     input_shape: Sequence[int] = (3, 32, 32),
     synflow_rounds: int = 100,
     grasp_temperature: float = 200.0,
+    snip_loss: SnipLoss = "cross_entropy",
 ) -> dict[str, torch.Tensor]:
     """Scores of ``criterion`` (one of :data:`CRITERIA`) for ``layers`` of ``net``; see the functions above."""
     if criterion == "random":
@@ -162,7 +172,7 @@ def compute_scores(
     if criterion == "magnitude":
         return magnitude_scores(net, layers)
     if criterion == "snip":
-        return snip_scores(net, layers, batches)
+        return snip_scores(net, layers, batches, snip_loss)
     if criterion == "grasp":
         return grasp_scores(net, layers, batches, grasp_temperature)
     if criterion == "synflow":

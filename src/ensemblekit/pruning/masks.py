@@ -1,12 +1,16 @@
-"""Weight masks enforced in the forward pass, and the thresholds that turn scores into masks.
+"""Weight masks, and the thresholds that turn scores into masks.
 
-A mask is a ``{0, 1}`` buffer registered on a layer through ``torch.nn.utils.parametrize``: the layer's
-``weight`` is computed as ``original * mask`` at every forward, so masked weights are exactly zero from the
-moment the mask is set and stay zero through any number of optimiser steps, weight decay included (their
-gradient is ``grad * mask = 0``; decay may move the hidden ``original`` value, never the used weight).
-Network Fission Ensembles (section 1 of methods.md) and the sparse Neural Subnetwork Ensembles (section 2)
-rely on this; the official NFE code masks only at initialisation, so its pruned weights fade under decay
-rather than stay zero. ensemblekit does not reproduce that lapse.
+A mask is a ``{0, 1}`` buffer registered on a layer through ``torch.nn.utils.parametrize``. By default
+(``enforce="forward"``) the layer's ``weight`` is computed as ``original * mask`` at every forward, so masked
+weights are exactly zero from the moment the mask is set and stay zero through any number of optimiser steps,
+weight decay included (their gradient is ``grad * mask = 0``; decay may move the hidden ``original`` value, never
+the used weight). Network Fission Ensembles (section 1 of methods.md) and the sparse Neural Subnetwork Ensembles
+(section 2) rely on this.
+
+``enforce="gradient"`` reproduces the official NFE code (Lee & Lee, 2024, ``hjdw2/NFE``), which masks only the
+gradient (a hook ``grad * mask``; the line meant to zero the pruned weights is unreachable): the forward pass
+uses the whole ``original`` weight, masked entries keep their initial values, receive zero gradient and shrink
+only through the optimiser's weight decay (plain SGD: w ← w·(1 − lr·wd) per step).
 
 Structure contract: masks are *added* when the method builds its ensemble (all ones, so the state-dict keys
 exist from the start and checkpoints resume) and *set* later by a stage hook (``set_masks``).
@@ -36,14 +40,31 @@ from torch.nn.utils import parametrize
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
-class WeightMask(nn.Module):
-    """Parametrization ``weight = original * mask`` with ``mask`` a persistent buffer (all ones at first)."""
+MaskEnforcement = Literal["forward", "gradient"]
 
-    def __init__(self, shape: torch.Size | tuple[int, ...], device=None, dtype=None) -> None:
+
+class WeightMask(nn.Module):
+    """Parametrization of a masked weight, ``mask`` a persistent buffer (all ones at first).
+
+    Args:
+        shape: The weight's shape.
+        enforce: ``forward``: ``weight = original * mask`` (masked entries are zero and get no gradient);
+            ``gradient``: ``weight = original`` in value, with ∂L/∂original = mask ⊙ ∂L/∂weight (masked entries
+            are used as they are but get no gradient; the official NFE code's gradient hook).
+    """
+
+    def __init__(
+        self, shape: torch.Size | tuple[int, ...], device=None, dtype=None, enforce: MaskEnforcement = "forward"
+    ) -> None:
         super().__init__()
+        if enforce not in ("forward", "gradient"):
+            raise ValueError(f"enforce must be 'forward' or 'gradient', got {enforce!r}")
+        self.enforce = enforce
         self.register_buffer("mask", torch.ones(shape, device=device, dtype=dtype))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.enforce == "gradient":
+            return torch.where(self.mask > 0, weight, weight.detach())
         return weight * self.mask
 
 
@@ -69,10 +90,12 @@ def prunable_layers(module: nn.Module, include_classifier: bool = False) -> dict
     }
 
 
-def add_masks(module: nn.Module, layers: Iterable[str] | None = None) -> list[str]:
+def add_masks(
+    module: nn.Module, layers: Iterable[str] | None = None, enforce: MaskEnforcement = "forward"
+) -> list[str]:
     """Register an all-ones mask on the weight of each prunable layer (or of ``layers``); return their names.
 
-    Idempotent: a layer that already has a mask keeps it.
+    ``enforce`` says how the mask acts (:class:`WeightMask`). Idempotent: a layer that already has a mask keeps it.
     """
     table = dict(module.named_modules())
     names = list(prunable_layers(module)) if layers is None else list(layers)
@@ -81,7 +104,8 @@ def add_masks(module: nn.Module, layers: Iterable[str] | None = None) -> list[st
         if has_mask(layer):
             continue
         w = layer.weight
-        parametrize.register_parametrization(layer, "weight", WeightMask(w.shape, device=w.device, dtype=w.dtype))
+        mask = WeightMask(w.shape, device=w.device, dtype=w.dtype, enforce=enforce)
+        parametrize.register_parametrization(layer, "weight", mask)
     return names
 
 

@@ -11,10 +11,28 @@ from torch import nn
 from ensemblekit.errors import UserError
 from ensemblekit.training.stage import OptimSpec, ScheduleSpec
 
+NORMALIZATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
 
-def _is_no_decay(name: str, param: nn.Parameter, module_of: dict[str, nn.Module]) -> bool:
-    owner = module_of.get(name.rsplit(".", 1)[0] if "." in name else "")
-    return param.dim() <= 1 or isinstance(owner, nn.modules.batchnorm._NormBase)
+
+def is_normalization(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a normalisation layer: a torch norm layer or one flagged ``is_normalization = True``."""
+    return isinstance(module, NORMALIZATION_TYPES) or bool(getattr(module, "is_normalization", False))
+
+
+def is_bn_or_bias(name: str, module_of: dict[str, nn.Module]) -> bool:
+    """Whether the parameter ``name`` is a normalisation parameter or a bias, judged by role, not by shape.
+
+    A parameter is a bias when its attribute name is ``bias``; it is a normalisation parameter when the module
+    that owns it is a normalisation layer (``is_normalization``). Other parameters are weights whatever their
+    number of dimensions (e.g. MixtureEnsembles' flat 1-D template blob is a weight).
+    """
+    owner_name, _, leaf = name.rpartition(".")
+    return leaf == "bias" or is_normalization(module_of.get(owner_name))
 
 
 def default_param_groups(module: nn.Module, spec: OptimSpec) -> list[dict[str, Any]]:
@@ -23,8 +41,8 @@ def default_param_groups(module: nn.Module, spec: OptimSpec) -> list[dict[str, A
     if spec.decay_bn_and_bias:
         return [{"params": [p for _, p in params]}]
     module_of = dict(module.named_modules())
-    decay = [p for n, p in params if not _is_no_decay(n, p, module_of)]
-    no_decay = [p for n, p in params if _is_no_decay(n, p, module_of)]
+    decay = [p for n, p in params if not is_bn_or_bias(n, module_of)]
+    no_decay = [p for n, p in params if is_bn_or_bias(n, module_of)]
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

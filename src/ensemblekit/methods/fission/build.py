@@ -17,15 +17,17 @@ from torch import nn
 from ensemblekit.errors import UserError
 from ensemblekit.methods.fission.network import FissionNetwork, copies_per_stage
 from ensemblekit.models import Backbone, ResNetSpec
-from ensemblekit.pruning.masks import add_masks, prunable_layers
+from ensemblekit.pruning.masks import MaskEnforcement, add_masks, prunable_layers
 
 
-def scored_layers(net: nn.Module) -> list[str]:
+def scored_layers(net: nn.Module, shortcuts: bool = False) -> list[str]:
     """The layers pruned (and split) by NFE: every conv/linear of stem and stages except 1x1 shortcut convs.
 
     The classifier is never pruned; shortcut convs are dense and duplicated per path (methods.md 1(a), step 3).
+    ``shortcuts=True`` adds the shortcut convs: the official code scores them and ranks them in the global
+    threshold (``reference: official``), but never masks them.
     """
-    return [n for n in prunable_layers(net) if not n.startswith("head") and ".shortcut" not in n]
+    return [n for n in prunable_layers(net) if not n.startswith("head") and (shortcuts or ".shortcut" not in n)]
 
 
 def fission_names(name: str, copies: list[int]) -> list[str]:
@@ -56,11 +58,15 @@ def from_backbones(nets: list[Backbone], exits: int) -> FissionNetwork:
     return FissionNetwork(copy.deepcopy(nets[0].stem), stages, heads)
 
 
-def masked_fission(nets: list[Backbone], exits: int) -> FissionNetwork:
-    """The unstructured layout: full-width copies with all-ones masks on the copies of :func:`scored_layers`."""
+def masked_fission(nets: list[Backbone], exits: int, enforce: MaskEnforcement = "forward") -> FissionNetwork:
+    """The unstructured layout: full-width copies with all-ones masks on the copies of :func:`scored_layers`.
+
+    ``enforce``: ``forward`` masks (default) or the official code's ``gradient`` masks
+    (:class:`~ensemblekit.pruning.masks.WeightMask`).
+    """
     net = from_backbones(nets, exits)
     copies = copies_per_stage(len(nets[0].stages), exits)
-    add_masks(net, [t for name in scored_layers(nets[0]) for t in fission_names(name, copies)])
+    add_masks(net, [t for name in scored_layers(nets[0]) for t in fission_names(name, copies)], enforce)
     return net
 
 

@@ -16,6 +16,9 @@ One backbone becomes a multi-exit network whose N exits form the ensemble:
    softmax(mean_i z_i / T) (``loss: kd``; ``ce`` drops the KL term);
 5. predict softmax(mean_i z_i) (``combine = "logits"``).
 
+``reference: official`` trains as the official code does (gradient-hook masks, independent inits, SNIP on a
+Xavier copy with NLL on raw logits, shortcuts ranked): :mod:`ensemblekit.methods.fission.official`.
+
 Recipe: a zero-epoch ``prune`` stage whose ``at_end`` hook does steps 1-2 (the structure exists from ``build``;
 the hook only writes masks or values and is deterministic, so a resumed run may re-run it), then ``train``.
 """
@@ -26,10 +29,11 @@ import functools
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ensemblekit.ensemble import Ensemble
+from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS, Method, MethodOptions
 from ensemblekit.methods.fission.build import (
     check_exits,
@@ -40,12 +44,13 @@ from ensemblekit.methods.fission.build import (
 )
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.network import FissionNetwork
+from ensemblekit.methods.fission.official import xavier_scoring_copy
 from ensemblekit.methods.fission.split import split_masks, transfer_channels
 from ensemblekit.metrics import count_parameters, inference_flops
 from ensemblekit.metrics.sparse_costs import SPARSE_TRAIN_KEY, sparse_epoch_equivalents, sparse_model_costs
 from ensemblekit.models import Backbone, build_model
 from ensemblekit.pruning.criteria import compute_scores
-from ensemblekit.pruning.masks import density_report, masks_from_scores, set_masks
+from ensemblekit.pruning.masks import density_report, get_masks, masks_from_scores, set_masks
 from ensemblekit.training.stage import Stage, StageContext, StageHooks, stage_from_train
 
 DATA_CRITERIA = ("snip", "grasp")
@@ -76,6 +81,11 @@ class FissionOptions(MethodOptions):
         score_batch_size: Their batch size (512 in the code).
         synflow_rounds: SynFlow pruning rounds (100, exponential schedule).
         grasp_temperature: Temperature of the GraSP loss (200, as in the GraSP code).
+        reference: ``corrected`` (default: forward masks, the paths partition one pruned network) or
+            ``official``: as the official code trains (:mod:`ensemblekit.methods.fission.official`): masks act
+            on the gradient only, every path is independently initialised (``path_init: independent``), the
+            scoring copy is Xavier re-initialised, SNIP uses the NLL of raw logits and the 1x1 shortcuts are
+            ranked in the global threshold. Unstructured groupings only.
     """
 
     members: int = Field(default=3, ge=1)
@@ -90,6 +100,23 @@ class FissionOptions(MethodOptions):
     score_batch_size: int = Field(default=512, ge=1)
     synflow_rounds: int = Field(default=100, ge=1)
     grasp_temperature: float = Field(default=200.0, gt=0.0)
+    reference: Literal["corrected", "official"] = "corrected"
+
+    @model_validator(mode="after")
+    def _official_fits(self) -> FissionOptions:
+        if self.reference != "official":
+            return self
+        if self.grouping == "channels":
+            raise UserError(
+                "config error: method.reference: official reproduces the official code's masked copies; "
+                "use grouping balanced or bernoulli, not channels"
+            )
+        if "path_init" in self.model_fields_set and self.path_init == "split":
+            raise UserError(
+                "config error: method.path_init: split contradicts reference: official "
+                "(the official code initialises every path independently); drop path_init"
+            )
+        return self
 
 
 @METHODS.register("fission")
@@ -118,8 +145,12 @@ class Fission(Method):
         if o.grouping == "channels":
             spec = thin_spec(ref.spec, o.members, 1.0 - o.sparsity)
             return thin_fission([build_model(spec) for _ in range(o.members)], o.members)
-        nets = [ref] * o.members if o.path_init == "split" else [self.backbone() for _ in range(o.members)]
-        return masked_fission(nets, o.members)
+        official = o.reference == "official"
+        if o.path_init == "split" and not official:
+            nets = [ref] * o.members
+        else:
+            nets = [self.backbone() for _ in range(o.members)]
+        return masked_fission(nets, o.members, enforce="gradient" if official else "forward")
 
     # -- the prune stage -----------------------------------------------------------------------
     def apply_fission(
@@ -135,16 +166,19 @@ class Fission(Method):
             fission network's copies.
         """
         o = self.options
+        official = o.reference == "official"
         device = next(ensemble.parameters()).device
         ref = self.reference().to(device).train()
         layers = scored_layers(ref)
         density = 1.0 - o.sparsity
         if o.grouping == "channels" and o.path_init == "independent":
             return {"criterion": None, "grouping": "channels", "transfer": False}
+        scoring = xavier_scoring_copy(ref, self.cfg.train.seed + 29).train() if official else ref
+        ranked = scored_layers(ref, shortcuts=official)  # official: the 1x1 shortcuts are ranked, never masked
         scores = compute_scores(
             o.criterion,
-            ref,
-            layers,
+            scoring,
+            ranked,
             batches=batches,
             density=density,
             generator=torch.Generator().manual_seed(self.cfg.train.seed + 17),
@@ -152,19 +186,25 @@ class Fission(Method):
             input_shape=input_shape,
             synflow_rounds=o.synflow_rounds,
             grasp_temperature=o.grasp_temperature,
+            snip_loss="logit_nll" if official else "cross_entropy",
         )
         report: dict[str, Any] = {"criterion": o.criterion, "grouping": o.grouping, "scope": o.scope}
         if o.grouping == "channels":
             selection = transfer_channels(ensemble, ref, scores, o.members, self.cfg.train.seed)
             report["channels"] = {space: [len(c) for c in chunks] for space, chunks in selection.items()}
             return report
-        masks = masks_from_scores(scores, density, o.scope)
+        ranked_masks = masks_from_scores(scores, density, o.scope)
+        masks = {name: ranked_masks[name] for name in layers}
         fission_masks = split_masks(masks, len(ref.stages), o.members, o.grouping, self.cfg.train.seed)
         set_masks(ensemble, fission_masks)
-        report["backbone_density"] = {n: float(m.float().mean()) for n, m in masks.items()}
+        report["backbone_density"] = {n: float(m.float().mean()) for n, m in ranked_masks.items()}
         report["backbone_nonzero"] = int(sum(int(m.sum()) for m in masks.values()))
         report["backbone_weights"] = int(sum(m.numel() for m in masks.values()))
-        report["fission_density"] = {n: r["density"] for n, r in density_report(ensemble).items()}
+        if official:  # the weights stay dense in the forward pass: report what each copy's mask trains
+            report["reference"] = "official"
+            report["fission_density"] = {n: float(m.float().mean()) for n, m in get_masks(ensemble).items()}
+        else:
+            report["fission_density"] = {n: r["density"] for n, r in density_report(ensemble).items()}
         return report
 
     def _prune_hook(self, ctx: StageContext) -> None:
