@@ -22,9 +22,9 @@ class SubnetworkOptions(MethodOptions):
         family: ``noisy`` (sparse Gaussian mutation), ``sparse`` (pruning masks) or ``stochastic`` (SSA).
         masks: Child masks of ``sparse`` and SSA targets of ``stochastic``: ``random``, ``magnitude``,
             ``anti_random`` (complementary 50 % pairs), ``partition`` (Neural Partitioning), ``neurons``
-            (structured, output channels).
+            (structured, output channels), ``anti_random_neurons`` (structured pairs: complementary channel sets).
         sparsity: Pruned fraction for ``random``, ``magnitude`` and ``neurons`` (default 0.5); ``anti_random``
-            (always 0.5) and ``partition`` (1 − 1/parts) refuse it.
+            and ``anti_random_neurons`` (always 0.5) and ``partition`` (1 − 1/parts) refuse it.
         partition_parts: k of Neural Partitioning (default: ``candidates``); ``candidates`` must be a multiple.
         noise_density: ρ, fraction of each tensor's entries mutated (0 = the parent itself, 1 = dense).
         noise_sigma: σ_rel, the noise std relative to each tensor's std.
@@ -52,7 +52,7 @@ class SubnetworkOptions(MethodOptions):
     include_parent: bool = False
     combine: Literal["probs", "logits"] = "probs"
     family: Literal["noisy", "sparse", "stochastic"] = "sparse"
-    masks: Literal["random", "magnitude", "anti_random", "partition", "neurons"] = "anti_random"
+    masks: Literal["random", "magnitude", "anti_random", "partition", "neurons", "anti_random_neurons"] = "anti_random"
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
     partition_parts: int | None = Field(default=None, ge=2)
     noise_density: float = Field(default=0.1, ge=0.0, le=1.0)
