@@ -94,5 +94,13 @@ def test_anti_random_neuron_pairs_keep_complementary_whole_channels():
         assert int((~kept_a).sum()) == round(0.5 * shape[0])
     c, _ = sm.anti_random_neuron_pair(shapes, torch.Generator().manual_seed(4))
     assert any(not torch.equal(a[k], c[k]) for k in shapes)  # pairs are independent
+    net, _ = _shapes()
+    original = {n: m.weight.detach().clone() for n, m in prunable_layers(net).items()}
+    add_masks(net)
+    set_masks(net, a)
+    for name, layer in masked_layers(net).items():  # on the network: a removed filter's weights are all zero
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        dropped = a[name].reshape(w.shape[0], -1)[:, 0] == 0
+        assert (w[dropped] == 0).all() and torch.equal(w[~dropped], original[name].reshape(w.shape)[~dropped])
     linear = sm.anti_random_neuron_pair({"fc": (5, 7)}, torch.Generator().manual_seed(0))
     assert sorted(int(m["fc"][:, 0].sum()) for m in linear) == [2, 3]  # odd width: 3 + 2 neurons
