@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ensemblekit.data.corruptions import (
     BENCHMARK_CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
     corrupt,
     list_corruptions,
     parse_severities,
@@ -36,8 +37,11 @@ RANDOM = {
     "motion_blur",
     "fog",
     "elastic_transform",
+    "snow",
+    "frost",
+    "spatter",
 }
-NOT_MONOTONE = {"elastic_transform", "glass_blur", "saturate"}  # by the generator's own parameters
+NOT_MONOTONE = {"elastic_transform", "glass_blur", "saturate", "frost", "spatter"}  # by the generator's parameters
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +69,16 @@ def test_registry_has_the_required_corruptions():
         "pixelate",
         "jpeg_compression",
         "elastic_transform",
+        "snow",
+        "frost",
+        "spatter",
     }
     assert required <= set(list_corruptions())
     assert resolve_corruptions(None) == list(BENCHMARK_CORRUPTIONS)
+    # the paper's 15 in its order, plus the generator's 4 extras: every registered corruption is one of the 19
+    assert BENCHMARK_CORRUPTIONS[7:10] == ("snow", "frost", "fog") and len(BENCHMARK_CORRUPTIONS) == 15
+    assert resolve_corruptions(["extra"]) == ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
+    assert sorted(BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS) == list_corruptions()
     assert resolve_corruptions(["fog,contrast", "fog"]) == ["fog", "contrast"]
     with pytest.raises(UserError, match="unknown corruption 'fgo'"):
         resolve_corruptions(["fgo"])
@@ -200,3 +211,83 @@ def test_dense_path_equals_direct_path():
     assert (corrupt(x, "zoom_blur", 5).int() - direct.int()).abs().max() <= 1  # float32 rounding at the truncation
     direct = (_depthwise(xf, disk_kernel(1.5, 0.1)).clamp(0, 1) * 255).to(torch.uint8)
     assert (corrupt(x, "defocus_blur", 5).int() - direct.int()).abs().max() <= 1
+
+
+def _corr_with_clean(out: torch.Tensor, clean: torch.Tensor) -> float:
+    a, b = out.float().flatten(1), clean.float().flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean().item()
+
+
+def test_frost_blends_generated_textures(images):
+    from ensemblekit.data.corruptions.frost import frost_textures
+
+    tex = frost_textures(3, 64, torch.Generator().manual_seed(0))
+    assert tex.shape == (3, 3, 64, 64) and tex.dtype == torch.float32
+    assert torch.equal(tex, frost_textures(3, 64, torch.Generator().manual_seed(0)))
+    assert not torch.equal(tex, frost_textures(3, 64, torch.Generator().manual_seed(1)))
+    assert 0.0 <= tex.min() and tex.max() <= 1.0 and 0.2 < tex.mean() < 0.8
+    assert (tex[:, 2] >= tex[:, 0]).all()  # blue-white ice
+    outs = [corrupt(images, "frost", s, seed=3) for s in range(1, 6)]
+    for out in outs[:2]:  # image weight 1: frost only adds light (b F >= 0)
+        assert (out.int() >= images.int()).all()
+    # the same seed crops the same frost at every severity, so the image's share a / b decides: 5, 3.3, 2.25, 2.1, 1.7
+    corr = [_corr_with_clean(out, images) for out in outs]
+    assert all(b < a for a, b in itertools.pairwise(corr)), corr
+
+
+def test_snow_and_spatter_structure(images):
+    for s in range(1, 6):  # snow whitens and adds flakes: never darker (one level of float rounding aside)
+        assert (corrupt(images, "snow", s, seed=0).int() >= images.int() - 1).all()
+    water = [_distance(corrupt(images, "spatter", s, seed=0), images) for s in (1, 2, 3)]
+    mud = [_distance(corrupt(images, "spatter", s, seed=0), images) for s in (4, 5)]
+    assert water[0] < water[1] < water[2] and mud[0] < mud[1], (water, mud)
+    for s in (1, 2, 3):  # water adds pale turquoise
+        assert (corrupt(images, "spatter", s, seed=0).int() >= images.int()).all()
+    out = corrupt(images, "spatter", 5, seed=0).int()
+    changed = (out != images.int()).any(1)
+    assert changed.any() and (out[:, 0][changed] >= out[:, 2][changed]).float().mean() > 0.9  # brown: R >= B
+
+
+def test_canny_matches_opencv_semantics():
+    from ensemblekit.data.corruptions.spatter import canny
+
+    step = torch.zeros(1, 1, 12, 12)
+    step[..., 6:] = 200.0  # |gx| = 800 on columns 5 and 6; suppression keeps the first (m > left, m >= right)
+    edges = canny(step)
+    assert edges[0, 0, :, 5].sum() == 12 and edges.sum() == 12
+    weak = step * 30 / 200  # magnitude 120: above 50, below 150, never connected to a strong pixel
+    assert canny(weak).sum() == 0
+    mixed = step.clone()
+    mixed[..., 6:, 6:] = 30.0  # the lower half of the edge is weak but 8-connected to the strong upper half
+    assert canny(mixed)[0, 0, 8:, 5].all() and canny(mixed)[0, 0, :4, 5].all()
+
+
+def test_chamfer_distance_equals_the_5x5_metric():
+    from ensemblekit.data.corruptions.spatter import CHAMFER, chamfer_distance
+
+    a, b, c = CHAMFER
+    zero = torch.zeros(1, 1, 24, 24, dtype=torch.bool)
+    points = [(3, 4), (17, 20)]
+    for r, q in points:
+        zero[0, 0, r, q] = True
+    rows, cols = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    ref = torch.full((24, 24), float("inf"), dtype=torch.float64)
+    for r, q in points:  # u >= 2v: v knight's moves + (u - 2v) axial; else (u - v) knight's + (2v - u) diagonal
+        dy, dx = (rows - r).abs().double(), (cols - q).abs().double()
+        u, v = torch.maximum(dy, dx), torch.minimum(dy, dx)
+        d = torch.where(u >= 2 * v, v * c + (u - 2 * v) * a, (u - v) * c + (2 * v - u) * b)
+        ref = torch.minimum(ref, d)
+    assert torch.allclose(chamfer_distance(zero)[0, 0].double(), ref.clamp(max=20.0), atol=1e-5)
+    assert torch.equal(chamfer_distance(torch.zeros(1, 1, 5, 5, dtype=torch.bool)), torch.full((1, 1, 5, 5), 20.0))
+
+
+def test_equalize_hist_lut():
+    from ensemblekit.data.corruptions.spatter import equalize_hist
+
+    x = torch.full((2, 1, 4, 4), 10.0)
+    x[0, 0, 2] = 20.0
+    x[0, 0, 3] = 30.0  # levels 10, 20, 30 with counts 8, 4, 4: lut 0, round(4·255/8) = 128 (half to even), 255
+    out = equalize_hist(x)
+    assert out[0, 0, 0, 0] == 0 and out[0, 0, 2, 0] == 128 and out[0, 0, 3, 0] == 255
+    assert torch.equal(out[1], x[1])  # one level: unchanged

@@ -407,3 +407,35 @@ def test_a_killed_stochastic_run_resumes_bitwise(tmp_path, monkeypatch):
         json.loads((tmp_path / "run" / "metrics.json").read_text())["costs"]["stages"].keys()
         == json.loads((tmp_path / "ref" / "metrics.json").read_text())["costs"]["stages"].keys()
     )
+
+
+def test_structured_anti_random_children_are_complementary_channel_sets():
+    method = build_method(_cfg(members=4, masks="anti_random_neurons"), 10, 192)
+    ens = method.build()
+    assert method.group_size == 2
+    a, b, c = (method.child_masks(i, ens) for i in range(3))
+    for name, m in a.items():
+        assert torch.equal(m + b[name], torch.ones_like(m)), name
+        rows = m.reshape(m.shape[0], -1)
+        assert set(rows.sum(1).tolist()) <= {0.0, float(rows.shape[1])}, name  # whole channels
+    assert any(not torch.equal(a[n], c[n]) for n in a)  # the next pair is a new draw
+    with pytest.raises(UserError, match="anti_random_neurons pairs"):
+        build_method(_cfg(members=3, masks="anti_random_neurons"), 10, 192)
+    with pytest.raises(UserError, match="sparsity"):
+        build_method(_cfg(members=2, masks="anti_random_neurons", sparsity=0.3), 10, 192)
+
+
+def test_identical_magnitude_children_warn_once():
+    import warnings
+
+    method = build_method(_cfg(members=3, masks="magnitude"), 10, 192)
+    ens = method.build()
+    method.child_masks(0, ens)
+    with pytest.warns(UserWarning, match=r"children 0 and 1 have identical magnitude masks \(magnitude masks depend"):
+        method.child_masks(1, ens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.child_masks(2, ens)  # once per run
+        method = build_method(_cfg(members=2, masks="random"), 10, 192)
+        ens = method.build()
+        method.child_masks(0, ens), method.child_masks(1, ens)  # different masks: no warning

@@ -79,3 +79,28 @@ def test_neuron_masks_remove_whole_output_channels():
 def test_bad_sparsity_is_refused():
     with pytest.raises(ValueError, match="sparsity"):
         sm.random_masks({"a": (2, 2)}, 1.0, torch.Generator())
+
+
+def test_anti_random_neuron_pairs_keep_complementary_whole_channels():
+    _, shapes = _shapes()
+    a, b = sm.anti_random_neuron_pair(shapes, torch.Generator().manual_seed(3))
+    for name, shape in shapes.items():
+        assert torch.equal(a[name] + b[name], torch.ones(shape)), name
+        rows_a, rows_b = a[name].reshape(shape[0], -1), b[name].reshape(shape[0], -1)
+        for rows in (rows_a, rows_b):  # a channel (a Conv2d filter / a Linear neuron) is kept or removed whole
+            assert set(rows.sum(1).tolist()) <= {0.0, float(rows.shape[1])}, name
+        kept_a, kept_b = rows_a[:, 0].bool(), rows_b[:, 0].bool()
+        assert not (kept_a & kept_b).any() and (kept_a | kept_b).all()  # complementary channel sets
+        assert int((~kept_a).sum()) == round(0.5 * shape[0])
+    c, _ = sm.anti_random_neuron_pair(shapes, torch.Generator().manual_seed(4))
+    assert any(not torch.equal(a[k], c[k]) for k in shapes)  # pairs are independent
+    net, _ = _shapes()
+    original = {n: m.weight.detach().clone() for n, m in prunable_layers(net).items()}
+    add_masks(net)
+    set_masks(net, a)
+    for name, layer in masked_layers(net).items():  # on the network: a removed filter's weights are all zero
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        dropped = a[name].reshape(w.shape[0], -1)[:, 0] == 0
+        assert (w[dropped] == 0).all() and torch.equal(w[~dropped], original[name].reshape(w.shape)[~dropped])
+    linear = sm.anti_random_neuron_pair({"fc": (5, 7)}, torch.Generator().manual_seed(0))
+    assert sorted(int(m["fc"][:, 0].sum()) for m in linear) == [2, 3]  # odd width: 3 + 2 neurons

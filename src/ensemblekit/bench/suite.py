@@ -60,7 +60,7 @@ class SuiteCorruptions(BaseModel):
     """Corruption evaluation after every run (``ensemblekit evaluate --corruptions``), written to corruptions.json.
 
     Attributes:
-        names: Corruption names, or ``all`` (the 13 benchmark corruptions) / ``extra``.
+        names: Corruption names, or ``all`` (the 15 CIFAR-10-C benchmark corruptions) / ``extra`` (its 4 extras).
         severities: Severities (1..5).
         max_images: Corrupt a seeded stratified subset of this many test images (None: the whole test split).
         seed: Seed of the corruptions.

@@ -12,6 +12,9 @@ BatchNorm are never pruned) and returns ``{layer name: {0,1} float mask}``. Laye
   permutation of the indices is cut into k chunks of sizes differing by at most one; child j keeps chunk j
   (sparsity ≈ 1 − 1/k). k = 2 is an anti-random pair.
 * :func:`neuron_masks`: structured pruning, ``round(s·c_out)`` random output channels (rows, dim 0) removed.
+* :func:`anti_random_neuron_pair`: structured anti-random children: per layer a random half of the output
+  channels (neurons of a Linear, filters of a Conv2d) is removed from child a, and child b keeps exactly those
+  (the complementary set of channels): ``m_a + m_b = 1`` and each channel is whole in one child.
 
 All randomness comes from the ``torch.Generator`` passed in, so a child's mask is a pure function of its seed.
 
@@ -103,3 +106,23 @@ def neuron_masks(shapes: Shapes, sparsity: float, generator: torch.Generator) ->
         keep[torch.randperm(rows, generator=generator)[:drop]] = 0.0
         out[name] = keep.view(rows, *([1] * (len(shape) - 1))).expand(*shape).contiguous()
     return out
+
+
+def anti_random_neuron_pair(shapes: Shapes, generator: torch.Generator) -> tuple[Masks, Masks]:
+    """Structured anti-random pair: complementary sets of whole output channels (neurons / filters).
+
+    Prune and Tune Ensembles (Whitaker & Whitley, AAAI 2022): anti-random children with ``neurons`` pruning.
+    Per layer with c output channels (dim 0), a random permutation's first ``round(c / 2)`` channels are zero in
+    mask a and the other ``c - round(c / 2)`` zero in mask b, so ``m_a[k] = 1 - m_b[k]`` for every channel k and
+    ``m_a + m_b = 1`` element-wise; a mask is constant over each channel's weights.
+    """
+    first: Masks = {}
+    second: Masks = {}
+    for name, shape in shapes.items():
+        rows = int(shape[0])
+        keep = torch.ones(rows)
+        keep[torch.randperm(rows, generator=generator)[: round(0.5 * rows)]] = 0.0
+        view = (rows, *([1] * (len(shape) - 1)))
+        first[name] = keep.view(view).expand(*shape).contiguous()
+        second[name] = (1.0 - keep).view(view).expand(*shape).contiguous()
+    return first, second

@@ -229,12 +229,19 @@ class Engine:
         )
 
     def sample_batches(
-        self, num_batches: int, seed: int, *, batch_size: int | None = None, augment: bool | None = None
+        self,
+        num_batches: int,
+        seed: int,
+        *,
+        batch_size: int | None = None,
+        augment: bool | None = None,
+        indices: torch.Tensor | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``num_batches`` training batches on the device, for hooks that need data (pruning scores, BN refresh).
 
         The batches are a pure function of ``seed`` (shuffled and, unless ``augment=False``, augmented as in
-        training), normalised, in the engine's memory format; drawing them changes no RNG state.
+        training), normalised, in the engine's memory format; drawing them changes no RNG state. ``indices``
+        restricts them to those training rows (e.g. a class-balanced sample).
         """
         loader = BatchLoader(
             self.data.train,
@@ -247,6 +254,7 @@ class Engine:
             device=self.fabric.device,
             rank=self.fabric.global_rank,
             world_size=self.fabric.world_size,
+            indices=indices,
         )
         batches = []
         for x, y in loader:

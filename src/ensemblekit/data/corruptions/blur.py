@@ -140,6 +140,32 @@ def motion_weights(radius: float, sigma: float) -> torch.Tensor:
     return w / w.sum()
 
 
+def motion_blur_float(x: torch.Tensor, radius: float, sigma: float, angles: torch.Tensor) -> torch.Tensor:
+    """ImageMagick's ``MotionBlurImage`` line kernel on float images ``[B, C, H, W]``, one angle per image.
+
+    ``y[r, c] = sum_i w_i x[r + dr_i, c + dc_i]`` with the taps of :func:`motion_offsets` and the weights of
+    :func:`motion_weights` (edge pixels repeated, ImageMagick's default virtual-pixel method); not rounded.
+    """
+    b, ch, h, w = x.shape
+    offsets = motion_offsets(radius, angles.cpu())  # [B, T, 2]
+    weights = motion_weights(radius, sigma).float()
+    flat = x.reshape(b, ch, h * w)
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    out = torch.zeros_like(flat)
+    for t in range(offsets.shape[1]):
+        r = border_index(rows + offsets[:, t, 0].view(b, 1, 1), h, "nearest")
+        c = border_index(cols + offsets[:, t, 1].view(b, 1, 1), w, "nearest")
+        idx = (r * w + c).reshape(b, 1, -1).expand(-1, ch, -1).to(x.device)
+        out += weights[t] * torch.gather(flat, 2, idx)
+    return out.reshape(b, ch, h, w)
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Float ``[0, 1]`` -> ``uint8`` rounded to the nearest level, as ImageMagick writes its result."""
+    return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
 @CORRUPTIONS.register("motion_blur")
 def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """ImageMagick ``MotionBlurImage(radius, sigma, angle)``, angle ``~ U(-45, 45)`` degrees per image.
@@ -147,20 +173,8 @@ def motion_blur(images: torch.Tensor, severity: int, generator: torch.Generator)
     ``y[r, c] = sum_i w_i x[r + dr_i, c + dc_i]`` (edge pixels repeated), rounded to uint8 as ImageMagick does.
     """
     radius, sigma = param(MOTION, severity)
-    b, ch, h, w = images.shape
-    angles = uniform((b,), -45.0, 45.0, generator).cpu()
-    offsets = motion_offsets(radius, angles)  # [B, T, 2]
-    weights = motion_weights(radius, sigma).float()
-    x = to_float(images).reshape(b, ch, h * w)
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
-    out = torch.zeros_like(x)
-    for t in range(offsets.shape[1]):
-        r = border_index(rows + offsets[:, t, 0].view(b, 1, 1), h, "nearest")
-        c = border_index(cols + offsets[:, t, 1].view(b, 1, 1), w, "nearest")
-        idx = (r * w + c).reshape(b, 1, -1).expand(-1, ch, -1).to(x.device)
-        out += weights[t] * torch.gather(x, 2, idx)
-    return (out.reshape(b, ch, h, w) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    angles = uniform((images.shape[0],), -45.0, 45.0, generator).cpu()
+    return quantise(motion_blur_float(to_float(images), radius, sigma, angles))
 
 
 def zoom_matrix(n: int, factor: float) -> torch.Tensor:

@@ -51,6 +51,7 @@ from ensemblekit.metrics.sparse_costs import SPARSE_TRAIN_KEY, sparse_epoch_equi
 from ensemblekit.models import Backbone, build_model
 from ensemblekit.pruning.criteria import compute_scores
 from ensemblekit.pruning.masks import density_report, get_masks, masks_from_scores, set_masks
+from ensemblekit.pruning.score_data import class_balanced_indices
 from ensemblekit.training.stage import Stage, StageContext, StageHooks, stage_from_train
 
 DATA_CRITERIA = ("snip", "grasp")
@@ -86,6 +87,8 @@ class FissionOptions(MethodOptions):
             on the gradient only, every path is independently initialised (``path_init: independent``), the
             scoring copy is Xavier re-initialised, SNIP uses the NLL of raw logits and the 1x1 shortcuts are
             ranked in the global threshold. Unstructured groupings only.
+        grasp_samples_per_class: GraSP scores on class-balanced batches of this many examples per class (10, the
+            GraSP code's CIFAR-10 setting; ``score_batches`` such batches, ``score_batch_size`` is not used).
     """
 
     members: int = Field(default=3, ge=1)
@@ -117,6 +120,8 @@ class FissionOptions(MethodOptions):
                 "(the official code initialises every path independently); drop path_init"
             )
         return self
+
+    grasp_samples_per_class: int = Field(default=10, ge=1)
 
 
 @METHODS.register("fission")
@@ -207,6 +212,24 @@ class Fission(Method):
             report["fission_density"] = {n: r["density"] for n, r in density_report(ensemble).items()}
         return report
 
+    def score_data(self, engine) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The training batches SNIP / GraSP score on (seeded by ``train.seed``).
+
+        SNIP: ``score_batches`` shuffled batches of ``score_batch_size``. GraSP: ``score_batches`` class-balanced
+        batches of ``grasp_samples_per_class`` examples of every class each (Wang, Zhang & Grosse, ICLR 2020;
+        :func:`ensemblekit.pruning.score_data.class_balanced_indices`).
+        """
+        o, seed = self.options, self.cfg.train.seed + 7
+        if o.criterion != "grasp":
+            return engine.sample_batches(o.score_batches, seed, batch_size=o.score_batch_size)
+        batches = []
+        for k in range(o.score_batches):
+            rows = class_balanced_indices(
+                engine.data.train.labels, o.grasp_samples_per_class, torch.Generator().manual_seed(seed + k)
+            )
+            batches += engine.sample_batches(1, seed + k, batch_size=len(rows), indices=rows)
+        return batches
+
     def _prune_hook(self, ctx: StageContext) -> None:
         engine, o = ctx.engine, self.options
         meter = engine.cost_meter
@@ -214,7 +237,7 @@ class Fission(Method):
         with meter.timer():
             batches = []
             if o.criterion in DATA_CRITERIA and not (o.grouping == "channels" and o.path_init == "independent"):
-                batches = engine.sample_batches(o.score_batches, self.cfg.train.seed + 7, batch_size=o.score_batch_size)
+                batches = self.score_data(engine)
             report = self.apply_fission(ctx.ensemble, batches, input_shape)
             engine.sync_buffers()  # DDP: every rank takes rank 0's masks (its batches differ per rank)
         images = sum(len(x) for x, _ in batches)

@@ -18,6 +18,7 @@ children exist, so ``ensemblekit grow`` adds children identical to those a large
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -40,6 +41,9 @@ from ensemblekit.metrics.sparse_costs import (
 from ensemblekit.pruning import add_masks, prunable_layers, set_masks
 from ensemblekit.pruning import subnetwork_masks as sm
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
+
+PAIRED_MASKS = ("anti_random", "anti_random_neurons")
+"""Mask kinds whose children come in complementary pairs (child 2k and 2k + 1 share one draw)."""
 
 
 def _fail(field: str, message: str) -> UserError:
@@ -67,13 +71,14 @@ class Subnetwork(Method):
         if o.family in MASKED_FAMILIES or o.noise_decomposition:
             self._check_groups(o)
         self._targets: dict[int, dict[str, torch.Tensor]] = {}
+        self._warned_identical = False
 
     def _check_groups(self, o: SubnetworkOptions) -> None:
-        if o.family in MASKED_FAMILIES and o.masks in ("anti_random", "partition") and o.sparsity is not None:
+        if o.family in MASKED_FAMILIES and o.masks in (*PAIRED_MASKS, "partition") and o.sparsity is not None:
             raise _fail("sparsity", f"{o.masks} masks fix their own sparsity; remove method.sparsity")
         size = self.group_size
         if size > 1 and self.candidates % size:
-            what = "anti_random pairs" if size == 2 and o.masks == "anti_random" else f"groups of {size}"
+            what = f"{o.masks} pairs" if size == 2 and o.masks in PAIRED_MASKS else f"groups of {size}"
             raise _fail("candidates", f"{self.candidates} children cannot form {what} (use a multiple of {size})")
 
     # ------------------------------------------------------------------ structure
@@ -165,11 +170,34 @@ class Subnetwork(Method):
             masks = sm.magnitude_masks({n: parent[n].weight for n in shapes}, sparsity)
         elif o.masks == "anti_random":
             masks = sm.anti_random_pair(shapes, self._generator(2, i // 2))[i % 2]
+        elif o.masks == "anti_random_neurons":
+            masks = sm.anti_random_neuron_pair(shapes, self._generator(8, i // 2))[i % 2]
         else:
             k = self.group_size
             masks = sm.partition_masks(shapes, k, self._generator(3, i // k))[i % k]
         self._targets[i] = masks
+        if o.family == "sparse":
+            self._warn_if_identical(i, masks)
         return masks
+
+    def _warn_if_identical(self, i: int, masks: dict[str, torch.Tensor]) -> None:
+        """Warn (once per run) when child ``i``'s mask equals an earlier child's: they differ only in data order.
+
+        ``magnitude`` masks depend only on the parent's weights, so all its children get the same mask.
+        """
+        if self._warned_identical:
+            return
+        for j, other in self._targets.items():
+            if j != i and other.keys() == masks.keys() and all(torch.equal(other[n], masks[n]) for n in masks):
+                self._warned_identical = True
+                why = " (magnitude masks depend only on the parent)" if self.opts.masks == "magnitude" else ""
+                warnings.warn(
+                    f"subnetwork: children {j} and {i} have identical {self.opts.masks} masks{why}; they differ only "
+                    "in their tuning data order (use masks: random/anti_random, or family: stochastic)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                return
 
     def _maker(self, ensemble: SubnetworkEnsemble, i: int, tune: Stage):
         o = self.opts

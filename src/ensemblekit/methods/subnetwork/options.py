@@ -25,9 +25,9 @@ class SubnetworkOptions(MethodOptions):
         family: ``noisy`` (sparse Gaussian mutation), ``sparse`` (pruning masks) or ``stochastic`` (SSA).
         masks: Child masks of ``sparse`` and SSA targets of ``stochastic``: ``random``, ``magnitude``,
             ``anti_random`` (complementary 50 % pairs), ``partition`` (Neural Partitioning), ``neurons``
-            (structured, output channels).
+            (structured, output channels), ``anti_random_neurons`` (structured pairs: complementary channel sets).
         sparsity: Pruned fraction for ``random``, ``magnitude`` and ``neurons`` (default 0.5); ``anti_random``
-            (always 0.5) and ``partition`` (1 − 1/parts) refuse it.
+            and ``anti_random_neurons`` (always 0.5) and ``partition`` (1 − 1/parts) refuse it.
         partition_parts: k of Neural Partitioning (default: ``candidates``); ``candidates`` must be a multiple.
             ``ensemblekit grow`` records the group size here when it was left unset, so grown children
             keep the run's partition size.
@@ -57,7 +57,7 @@ class SubnetworkOptions(MethodOptions):
     include_parent: bool = False
     combine: Literal["probs", "logits"] = "probs"
     family: Literal["noisy", "sparse", "stochastic"] = "sparse"
-    masks: Literal["random", "magnitude", "anti_random", "partition", "neurons"] = "anti_random"
+    masks: Literal["random", "magnitude", "anti_random", "partition", "neurons", "anti_random_neurons"] = "anti_random"
     sparsity: float | None = Field(default=None, ge=0.0, lt=1.0)
     partition_parts: int | None = Field(default=None, ge=2)
     noise_density: float = Field(default=0.1, ge=0.0, le=1.0)
@@ -80,11 +80,11 @@ def group_size(o: SubnetworkOptions, candidates: int) -> int:
     """Children sharing one random draw (a group).
 
     k = ``partition_parts`` (default ``candidates``) for partitions (``masks: partition`` of a masked family, or
-    ``noise_decomposition``), 2 for anti-random pairs, else 1.
+    ``noise_decomposition``), 2 for anti-random pairs (``anti_random``, ``anti_random_neurons``), else 1.
     """
     if is_partitioned(o):
         return o.partition_parts or candidates
-    if o.family in MASKED_FAMILIES and o.masks == "anti_random":
+    if o.family in MASKED_FAMILIES and o.masks in ("anti_random", "anti_random_neurons"):
         return 2
     return 1
 
