@@ -252,6 +252,8 @@ class EnsembleBatchNorm2d(nn.Module):
         momentum: Running-statistics momentum (PyTorch semantics).
     """
 
+    uses_batch_statistics = True  # normalises with batch statistics in training (ensemblekit.training.replica_bn)
+
     def __init__(self, members: int, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.members, self.channels, self.eps, self.momentum = members, channels, eps, momentum
