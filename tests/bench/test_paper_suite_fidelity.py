@@ -25,6 +25,10 @@ def test_uncertainty_baselines_runs_use_l2_3e4_as_weight_decay_6e4_and_their_sch
         assert train["gamma"] == 0.2
     assert runs["batch_ensemble"]["method"]["fast_lr_mult"] == 0.5
     assert runs["mixture_1x"]["train"]["milestones"] == [60, 120, 180]
+    # BN statistics per replica: 16 unique images (x 4 members) per TPU core; MixtureEnsembles' BN batch 64
+    assert runs["batch_ensemble"]["train"]["replica_batch_size"] == 16
+    assert runs["mixture_1x"]["train"]["replica_batch_size"] == 64
+    assert runs["mimo"]["train"]["replica_batch_size"] == 64
     assert runs["deep_ensemble"]["train"]["weight_decay"] == 5e-4
 
 
@@ -39,8 +43,8 @@ def test_paper_suites_run_packed_ensembles_with_torch_uncertainty_settings(name)
 @pytest.mark.parametrize("name", PAPER_SUITES)
 def test_paper_suites_say_what_they_cannot_reproduce(name):
     text = (SUITES / name).read_text()
-    assert text.count("Not reproduced") + text.count("not reproduced") >= 6
-    assert "BN statistics per TPU core" in text and "asynchronous BN over 2 devices" in text
+    assert text.count("Not reproduced") + text.count("not reproduced") >= 4
+    assert "Reproduced only approximately" in text
 
 
 def test_quick_suite_runs_packed():
