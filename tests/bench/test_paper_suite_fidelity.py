@@ -37,7 +37,8 @@ def test_paper_suites_run_packed_ensembles_with_torch_uncertainty_settings(name)
     packed = _runs(name)["packed"]
     assert packed["method"] == {"name": "packed", "members": 4, "alpha": 2.0, "gamma": 2}
     train = packed["train"]
-    assert (train["epochs"], train["lr"], train["weight_decay"], train["milestones"]) == (200, 0.1, 5e-4, [60, 120, 160])
+    recipe = (train["epochs"], train["lr"], train["weight_decay"], train["milestones"])
+    assert recipe == (200, 0.1, 5e-4, [60, 120, 160])
 
 
 @pytest.mark.parametrize("name", PAPER_SUITES)
