@@ -202,3 +202,21 @@ def test_end_to_end_run_and_checkpoint_round_trip(tmp_path):
         assert again["metrics"][key] == pytest.approx(saved["metrics"][key], abs=1e-6), key
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
     assert state["net.head.fc.weight"].shape[0] == 2
+
+
+def test_interpolation_between_members_equals_interpolating_the_stand_alone_networks():
+    from ensemblekit.analysis import interpolate_members
+    from tests.analysis.test_interpolation import MEAN, STD, _data, _own_train_bn_scores
+
+    _, ens = _build(members=3)
+    _randomise(ens)
+    data = _data()
+    points = interpolate_members(ens, 0, 2, data, MEAN, STD, points=3, batch_size=16)
+    a, b = ens.member_network(0), ens.member_network(2)
+    middle = ens.member_network(0)
+    with torch.no_grad():
+        for pm, pa, pb in zip(middle.parameters(), a.parameters(), b.parameters(), strict=True):
+            pm.copy_((pa + pb) / 2)
+    for point, net in zip(points, (a, middle, b), strict=True):
+        acc, nll = _own_train_bn_scores(net, net, data, 16)
+        assert point["accuracy"] == pytest.approx(acc, abs=1e-9) and point["nll"] == pytest.approx(nll, rel=1e-5)
