@@ -182,7 +182,8 @@ class Packed(Method):
 
     def build(self) -> Ensemble:
         o = self.options
-        spec = member_spec(self.backbone().spec, o.alpha, o.members)
+        with torch.device("meta"):  # only the configured architecture is needed (no weights, no RNG draws)
+            spec = member_spec(self.backbone().spec, o.alpha, o.members)
         net = build_packed_network(spec, o.members, o.gamma, o.min_group_channels)
         return PackedEnsembleNet(net, o.members, o.gamma, o.min_group_channels)
 
