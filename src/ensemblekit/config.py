@@ -98,6 +98,7 @@ class TrainConfig(_Section):
     min_lr: float = Field(default=0.0, ge=0, le=MAX_LR)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     member_loss: Literal["mean", "sum"] = "mean"
+    replica_batch_size: int | None = Field(default=None, gt=0)  # BN statistics per replica (training/replica_bn.py)
     grad_clip: float | None = Field(default=None, gt=0)
     max_steps_per_epoch: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
     max_loss: float = Field(default=1.0e6, gt=0)

@@ -43,6 +43,7 @@ from ensemblekit.training.checkpoint import atomic_torch_save, load_checkpoint
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.evaluate import collect_member_probs
 from ensemblekit.training.progress import Progress
+from ensemblekit.training.replica_bn import use_replica_batchnorm
 
 MODEL_FORMAT = 1
 
@@ -109,6 +110,9 @@ def build_ensemble(cfg: Config, num_classes: int, train_size: int) -> tuple[Meth
         torch.set_rng_state(state)
     if method.combine != "probs":
         ensemble.combine = method.combine
+    if cfg.train.replica_batch_size:
+        for module in method.state_modules(ensemble).values():
+            use_replica_batchnorm(module, cfg.train.replica_batch_size, method.batch_tile())
     return method, ensemble
 
 

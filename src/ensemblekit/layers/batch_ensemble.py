@@ -253,6 +253,7 @@ class EnsembleBatchNorm2d(nn.Module):
     """
 
     is_normalization = True  # its γ, β are normalisation parameters (training.optim.is_bn_or_bias)
+    uses_batch_statistics = True  # normalises with batch statistics in training (ensemblekit.training.replica_bn)
 
     def __init__(self, members: int, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()

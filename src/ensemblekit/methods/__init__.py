@@ -11,6 +11,7 @@ from ensemblekit.methods import (  # noqa: F401  (registration)
     mimo,
     mixture,
     mothernets,
+    packed,
     single,
     snapshot,
     subnetwork,

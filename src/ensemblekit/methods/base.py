@@ -94,6 +94,13 @@ class Method:
         """Every module whose state a checkpoint must hold (the ensemble and any auxiliary networks)."""
         return {"ensemble": ensemble}
 
+    def batch_tile(self) -> int:
+        """Copies of every training image in the batch the trained module sees (rows ``[t·B + j]``; 1: none).
+
+        ``train.replica_batch_size`` keeps an image's copies in one replica (:mod:`ensemblekit.training.replica_bn`).
+        """
+        return 1
+
     def extra_costs(self, ensemble: Ensemble, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
         """Method-specific costs of the trained ensemble merged into ``metrics.json`` ``costs`` (e.g. sparse FLOPs)."""
         return {}

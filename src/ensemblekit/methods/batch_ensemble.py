@@ -164,6 +164,10 @@ class BatchEnsemble(Method):
         spec = self.backbone().spec  # the configured architecture (a throwaway plain build)
         return BatchEnsembleNet(build_model(spec, layers=self.layers()), self.options.members)
 
+    def batch_tile(self) -> int:
+        """The batch is tiled M times (member-major rows)."""
+        return self.options.members
+
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
         train, mult = self.cfg.train, self.options.fast_lr_mult
 
