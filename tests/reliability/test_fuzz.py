@@ -3,6 +3,8 @@
 Every case must end in success or one clean ``UserError`` (exit 2 at the CLI) whose message is one line of
 under 500 characters; any other exception fails the test. The example counts add up to more than 5,000 cases
 (``FUZZ_CASES``); the profile is derandomised (``tests/conftest.py``) so CI draws the same cases every time.
+``pytest tests/reliability/test_fuzz.py --hypothesis-show-statistics`` prints the outcome counts; add
+``--hypothesis-profile=explore --hypothesis-seed=N`` to search new cases.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ensemblekit.config import config_from_dict, config_to_dict, load_config
@@ -33,6 +35,7 @@ FAST = {"deadline": None, "suppress_health_check": list(HealthCheck), "database"
 
 
 def assert_clean(exc: UserError) -> None:
+    event("refused cleanly")
     message = str(exc)
     assert message and "\n" not in message, repr(message[:300])
     assert len(message) < 500, message[:300]
@@ -50,6 +53,7 @@ def test_config_dicts(raw):
     except UserError as exc:
         assert_clean(exc)
         return
+    event("accepted")
     # an accepted config is fully resolved: it survives the run directory's round trip unchanged
     again = config_from_dict(config_to_dict(cfg))
     assert config_to_dict(again) == config_to_dict(cfg)
@@ -60,6 +64,7 @@ def test_config_dicts(raw):
 def test_set_overrides(overrides):
     try:
         load_config(None, overrides)
+        event("accepted")
     except UserError as exc:
         assert_clean(exc)
 
@@ -72,6 +77,7 @@ def test_yaml_documents(text):
         path.write_text(text, encoding="utf-8", errors="surrogateescape")
         try:
             load_config(path)
+            event("accepted")
         except UserError as exc:
             assert_clean(exc)
         assert sorted(os.listdir(d)) == ["cfg.yaml"]  # no tag ran code (os.system would leave nothing, but...)
@@ -165,6 +171,7 @@ def test_cli_arguments(cli_paths, argv):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
     assert code in (0, 1, 2), (argv, code)
+    event(f"exit {code}")
     if code == 2:
         lines = err.getvalue().strip().splitlines()
         assert len(lines) == 1 and len(lines[0]) < 500, (argv, err.getvalue()[:500])
@@ -188,6 +195,7 @@ def test_image_folder_files(data, name):
         except UserError as exc:
             assert_clean(exc)
             return
+        event("decoded")
         assert images.dtype.name == "uint8" and images.shape[1] == 3
 
 
