@@ -13,11 +13,26 @@ from ensemblekit.errors import UserError
 __version__ = "0.1.0"
 
 _LAZY = {"Ensemble", "MemberEnsemble", "combine_logits", "predict"}
+_PREDICTOR = {"load", "Predictor", "Prediction"}
 
-__all__ = ["Ensemble", "MemberEnsemble", "UserError", "__version__", "combine_logits", "predict"]
+__all__ = [
+    "Ensemble",
+    "MemberEnsemble",
+    "Prediction",
+    "Predictor",
+    "UserError",
+    "__version__",
+    "combine_logits",
+    "load",
+    "predict",
+]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _PREDICTOR:
+        from ensemblekit import predictor
+
+        return getattr(predictor, name)
     if name in _LAZY:
         from ensemblekit import ensemble
 

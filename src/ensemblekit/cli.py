@@ -13,6 +13,7 @@ Commands::
     ensemblekit report DIR
     ensemblekit list models|methods|datasets
     ensemblekit data check [--root DIR]
+    ensemblekit predict RUN_DIR IMAGE_OR_DIR... [--out preds.csv] [--device cpu|cuda]
 
 Every error a user can cause ends with one line on stderr and exit code 2.
 """
@@ -88,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
 
     li = sub.add_parser("list", help="list registered models, methods or data sets")
     li.add_argument("what", choices=["models", "methods", "datasets"])
+
+    pr = sub.add_parser(
+        "predict", help="predict images with a finished run; CSV of classes, probabilities, uncertainty"
+    )
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    pr.add_argument("--out", help="CSV file to write (default: print the CSV)")
+    pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pr.add_argument("--batch-size", type=int, default=256)
 
     da = sub.add_parser("data", help="data utilities")
     da.add_argument("action", choices=["check"])
@@ -288,6 +298,24 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ensemblekit.data.images import image_files
+    from ensemblekit.predictor import load, prediction_csv
+
+    check_range("--batch-size", args.batch_size, 1, 65536)
+    files = image_files(args.images)  # missing files fail before the model is loaded
+    predictor = load(args.run_dir, args.device)
+    text = prediction_csv(predictor.predict([str(f) for f in files], args.batch_size), [str(f) for f in files])
+    if args.out:
+        from ensemblekit.training.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), lambda f: f.write(text.encode()))
+        print(f"wrote {len(files)} predictions to {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -299,6 +327,7 @@ COMMANDS = {
     "report": _cmd_report,
     "list": _cmd_list,
     "data": _cmd_data,
+    "predict": _cmd_predict,
 }
 
 

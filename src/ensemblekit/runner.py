@@ -269,15 +269,40 @@ def model_identity(cfg: Config) -> dict[str, Any]:
     return {"method": d["method"], "model": d["model"], "data": {k: d["data"][k] for k in ("name", "classes")}}
 
 
-def save_model(path: Path, cfg: Config, ensemble: nn.Module) -> None:
-    """Write the final ensemble weights (loaded later with ``weights_only=True``) and what made them."""
+def model_inputs(data: DataBundle) -> dict[str, Any]:
+    """What a predictor needs to know of the data a model was trained on (``model.pt`` ``inputs``).
+
+    Class names, the per-channel normalisation mean and std, the input shape ``[C, H, W]`` and the number of
+    training images (some methods size their ensemble by it).
+    """
+    return {
+        "classes": [str(c) for c in data.classes],
+        "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std],
+        "image_shape": [int(v) for v in data.train.images.shape[1:]],
+        "train_size": len(data.train.labels),
+    }
+
+
+def save_model(path: Path, cfg: Config, ensemble: nn.Module, data: DataBundle | None = None) -> None:
+    """Write the final ensemble weights (loaded later with ``weights_only=True``) and what made them.
+
+    Besides the weights, ``model.pt`` holds the resolved config (``config``), the ``identity`` checked against
+    ``config.yaml``, the ensemble's ``combine`` rule and member count and, given ``data``, the ``inputs`` of
+    :func:`model_inputs`: with these :func:`ensemblekit.load` needs nothing but the file.
+    """
     state = {
         "format": MODEL_FORMAT,
         "method": cfg.method.name,
         "backbone": cfg.model.name,
         "identity": model_identity(cfg),
+        "config": config_to_dict(cfg),
+        "combine": str(getattr(ensemble, "combine", "probs")),
+        "num_members": int(getattr(ensemble, "num_members", 1)),
         "state_dict": {k: v.detach().cpu() for k, v in ensemble.state_dict().items()},
     }
+    if data is not None:
+        state["inputs"] = model_inputs(data)
     atomic_torch_save(path, state)
 
 
@@ -421,7 +446,7 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
     if hasattr(method, "update_record"):  # method-specific entries (e.g. sparse costs of subnetwork children)
         method.update_record(record, ensemble, engine)
     if fabric.global_rank == 0:
-        save_model(run_dir / "model.pt", cfg, ensemble)
+        save_model(run_dir / "model.pt", cfg, ensemble, data)
         write_json(run_dir / "metrics.json", record)
         engine.logger.event("train_end", metrics=result["metrics"])
     return record

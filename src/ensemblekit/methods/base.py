@@ -81,6 +81,15 @@ class Method:
                 ) from None
             raise UserError(format_validation_error(err, prefix="method.")) from None
 
+    @classmethod
+    def inference_config(cls, cfg: Config) -> Config:
+        """The config to rebuild a trained ensemble from for prediction (:func:`ensemblekit.load`).
+
+        The default is ``cfg`` itself; a method whose ``build`` reads things only training needs (another run's
+        files) drops them here, so a model file loads without them.
+        """
+        return cfg
+
     # -- what subclasses implement -------------------------------------------------------------
     def build(self) -> Ensemble:
         """Build the ensemble module with its final structure (stages only change values)."""

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ensemblekit.config import Config, config_from_dict, config_to_dict
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
 from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS
@@ -123,6 +124,15 @@ class Distillation(HeterogeneousMembers):
     name = "distillation"
     Options = DistillationOptions
     summary = "members distilled from a teacher network/ensemble (Hinton et al., 2015)"
+
+    @classmethod
+    def inference_config(cls, cfg: Config) -> Config:
+        """Without ``teacher_run``: prediction needs only the members, not the teacher run's files."""
+        if cfg.method.options().get("teacher_run") is None:
+            return cfg
+        raw = config_to_dict(cfg)
+        raw["method"].pop("teacher_run")
+        return config_from_dict(raw)
 
     def build(self) -> Ensemble:
         ensemble = MemberEnsemble(self.member_backbones())

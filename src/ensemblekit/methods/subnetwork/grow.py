@@ -129,7 +129,7 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     method.update_record(record, ensemble, engine)
     record["subnetwork"]["grown"] = [*old_record.get("subnetwork", {}).get("grown", []), {"children": children}]
     if fabric.global_rank == 0:
-        save_model(model_path, new_cfg, ensemble)
+        save_model(model_path, new_cfg, ensemble, data)
         write_run_config(run_dir, new_cfg)
         write_json(run_dir / "metrics.json", record)
         RunLogger(run_dir).event("grow", children=children, members=ensemble.num_members, metrics=result["metrics"])
