@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ensemblekit.errors import UserError, shorten
 from ensemblekit.safe_yaml import read_yaml_file, safe_yaml_load
@@ -56,12 +56,25 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The backbone: a registered model name and its options (``kwargs`` for family-specific ones)."""
+    """The backbone: a registered model name and its options (``kwargs`` for family-specific ones).
+
+    ``factory`` names your own model's factory by import path, ``"package.module:function"``, called as
+    ``function(num_classes=C, **kwargs)`` (see :mod:`ensemblekit.models.custom`); ``name`` is then only its label
+    (default ``custom``).
+    """
 
     name: str = "resnet20"
+    factory: str | None = Field(default=None, max_length=300)
     width: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _custom_label(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("factory") and "name" not in data:
+            return {**data, "name": "custom"}
+        return data
 
 
 class MethodConfig(BaseModel):
@@ -229,8 +242,9 @@ def check_names(cfg: Config) -> None:
     from ensemblekit.methods import METHODS
     from ensemblekit.models import MODELS
 
+    checks = [("model.name", MODELS, cfg.model.name)] if cfg.model.factory is None else []
     for field, registry, name in (
-        ("model.name", MODELS, cfg.model.name),
+        *checks,
         ("method.name", METHODS, cfg.method.name),
         ("data.name", DATASETS, cfg.data.name),
     ):
@@ -240,6 +254,13 @@ def check_names(cfg: Config) -> None:
             )
     from ensemblekit.models import check_model_options
 
+    if cfg.model.factory is not None:
+        from ensemblekit.models.custom import check_factory_options, load_factory
+
+        check_factory_options(cfg.model.factory, load_factory(cfg.model.factory), cfg.model.kwargs)
+        if cfg.model.width is not None:
+            raise UserError("config error: model.width applies to the built-in models only, not to model.factory")
+        return
     try:
         check_model_options(cfg.model.name, cfg.model.kwargs)
     except UserError as exc:

@@ -20,11 +20,14 @@ from torch import nn
 from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, format_validation_error
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
-from ensemblekit.models import create_model
+from ensemblekit.models import Backbone, create_model, list_models
 from ensemblekit.registry import Registry
 from ensemblekit.training.stage import Stage
 
 METHODS = Registry("method")
+
+BUILTIN_MODELS = frozenset(list_models())
+"""The models ensemblekit registers itself (all :class:`~ensemblekit.models.Backbone`); others are custom."""
 
 
 class MethodOptions(BaseModel):
@@ -59,6 +62,8 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     combine: ClassVar[str] = "probs"
     summary: ClassVar[str] = ""
+    requires: ClassVar[str] = "it needs an ensemblekit backbone (stem, stages, head and an architecture spec)"
+    """What the method needs of a backbone, said when it refuses a custom model (README "Bring your own model")."""
 
     def __init__(self, cfg: Config, num_classes: int, train_size: int) -> None:
         self.cfg = cfg
@@ -131,7 +136,12 @@ class Method:
 
     # -- shared helpers ------------------------------------------------------------------------
     def backbone(self, **overrides: Any) -> nn.Module:
-        """A fresh backbone as the config's ``model`` section describes it (overrides win)."""
+        """A fresh backbone as the config's ``model`` section describes it (overrides win).
+
+        A custom model (``model.factory``, or a registered factory that returns a plain ``nn.Module``) is built
+        by its factory; a ``dropout`` then goes before its classifier (:mod:`ensemblekit.models.custom`), and a
+        ``layers`` factory (which only ensemblekit backbones take) is refused.
+        """
         m = self.cfg.model
         kwargs: dict[str, Any] = dict(m.kwargs)
         if m.width is not None:
@@ -139,7 +149,35 @@ class Method:
         if m.dropout:
             kwargs["dropout"] = m.dropout
         kwargs.update(overrides)
-        return create_model(m.name, num_classes=self.num_classes, **kwargs)
+        if m.factory is None and m.name in BUILTIN_MODELS:
+            return create_model(m.name, num_classes=self.num_classes, **kwargs)
+        return self._custom_backbone(kwargs)
+
+    def _custom_backbone(self, kwargs: dict[str, Any]) -> nn.Module:
+        from ensemblekit.models import MODELS
+        from ensemblekit.models.custom import add_dropout_before_classifier, build_custom_model, load_factory
+
+        m = self.cfg.model
+        factory = load_factory(m.factory) if m.factory is not None else MODELS.get(m.name)
+        label = m.factory or repr(m.name)
+        dropout = kwargs.pop("dropout", 0.0)
+        if kwargs.get("layers") is not None:
+            raise UserError(f"method {self.name} cannot use the custom model {label}: {self.requires}")
+        kwargs.pop("layers", None)
+        model = build_custom_model(label, factory, self.num_classes, kwargs)
+        if isinstance(model, Backbone):
+            raise UserError(f"model {label} returned an ensemblekit Backbone: register it in MODELS by name instead")
+        return add_dropout_before_classifier(model, dropout) if dropout else model
+
+    def custom_backbone(self) -> bool:
+        """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone``)."""
+        return self.cfg.model.factory is not None or self.cfg.model.name not in BUILTIN_MODELS
+
+    def refuse_custom_backbone(self) -> None:
+        """Refuse a custom backbone in one line saying what the method needs (methods that need the structure)."""
+        if self.custom_backbone():
+            label = self.cfg.model.factory or repr(self.cfg.model.name)
+            raise UserError(f"method {self.name} cannot use the custom model {label}: {self.requires}")
 
     def single_backbone(self) -> nn.Module:
         """The single network the costs are compared against (the config's backbone, no dropout)."""

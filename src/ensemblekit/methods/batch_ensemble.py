@@ -161,6 +161,10 @@ class BatchEnsemble(Method):
         )
 
     def build(self) -> Ensemble:
+        if self.custom_backbone():  # the user's module: its Conv2d/Linear layers become BatchEnsemble layers
+            from ensemblekit.models.custom import convert_layers
+
+            return BatchEnsembleNet(convert_layers(self.backbone(), self.layers(), self.name), self.options.members)
         spec = self.backbone().spec  # the configured architecture (a throwaway plain build)
         return BatchEnsembleNet(build_model(spec, layers=self.layers()), self.options.members)
 

@@ -134,6 +134,11 @@ class MIMO(Method):
 
     def build(self) -> Ensemble:
         m = self.options.members
+        if self.custom_backbone():  # the user's module: widen its input conv and classifier
+            from ensemblekit.models.custom import widen_input_and_classifier
+
+            net, channels = widen_input_and_classifier(self.backbone(), m)
+            return MIMOEnsemble(net, m, channels)
         spec = self.backbone().spec  # the configured architecture (a throwaway plain build)
         spec = dataclasses.replace(spec, in_channels=spec.in_channels * m, num_classes=spec.num_classes * m)
         return MIMOEnsemble(build_model(spec), m, spec.in_channels // m)

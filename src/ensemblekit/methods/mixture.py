@@ -216,6 +216,11 @@ def build_mixture_ensemble(
     state = ExecutionState(members)
     bank = TemplateBank(plan)
     net = make_backbone(MixtureFactory(plan, bank, state))
+    if not any(isinstance(m, TemplateLayer) for m in net.modules()):  # no silent success: members would be one net
+        raise UserError(
+            "mixture: no layer mixes templates (every Conv2d/Linear shape occurs once, so all are shared): the members "
+            "would be one network; set method.bank_singletons: true or method.sharing: blob"
+        )
     replace_zero_pad_shortcuts(net, state)
     init_mixture(net, bank, plan)
     return MixtureEnsemble(net, bank, plan, state, execution)
@@ -279,7 +284,7 @@ class Mixture(Method):
         if execution == "auto" and self.cfg.runtime.member_execution != "auto":
             execution = self.cfg.runtime.member_execution  # runtime.member_execution: loop|packed forces a form
         return build_mixture_ensemble(
-            lambda layers: self.backbone(layers=layers),
+            self._make_backbone,
             members=o.members,
             param_budget=o.param_budget,
             templates_per_layer=o.templates_per_layer,
@@ -288,6 +293,14 @@ class Mixture(Method):
             bank_singletons=o.bank_singletons,
             execution=execution,
         )
+
+    def _make_backbone(self, layers: LayerFactory) -> nn.Module:
+        """The backbone built from ``layers``; the user's module has its Conv2d/Linear layers converted."""
+        if self.custom_backbone():
+            from ensemblekit.models.custom import convert_layers
+
+            return convert_layers(self.backbone(), layers, self.name)
+        return self.backbone(layers=layers)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
         stage = stage_from_train(

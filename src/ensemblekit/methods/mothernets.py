@@ -81,6 +81,7 @@ class MotherNets(HeterogeneousMembers):
     name = "mothernets"
     Options = MotherNetsOptions
     summary = "MotherNets: hatch (heterogeneous) members from per-cluster MotherNets (Wasay et al., 2020)"
+    requires = "it grows members from an architecture spec (a built-in model's spec), which a custom module lacks"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +89,7 @@ class MotherNets(HeterogeneousMembers):
         self.mothers = nn.ModuleList()
 
     def build(self) -> Ensemble:
+        self.refuse_custom_backbone()
         members = self.member_backbones()
         self.clusters = []
         self.mothers = nn.ModuleList()

@@ -179,8 +179,10 @@ class Packed(Method):
     name = "packed"
     Options = PackedOptions
     summary = "M members as one network of grouped convolutions, width x alpha (Laurent et al., 2023)"
+    requires = "it builds grouped convolutions from an ensemblekit architecture spec (use a built-in model)"
 
     def build(self) -> Ensemble:
+        self.refuse_custom_backbone()
         o = self.options
         with torch.device("meta"):  # only the configured architecture is needed (no weights, no RNG draws)
             spec = member_spec(self.backbone().spec, o.alpha, o.members)

@@ -71,8 +71,10 @@ class TreeNet(Method):
     name = "treenet"
     Options = TreeNetOptions
     summary = "shared trunk + M branches, summed loss (Lee et al., 2015)"
+    requires = "it splits the backbone at its stages (stem, stages, head): use a built-in model"
 
     def build(self) -> Ensemble:
+        self.refuse_custom_backbone()
         backbones = [self.backbone() for _ in range(self.options.members)]
         s, n = self.options.shared_stages, len(backbones[0].stages)
         if s > n:

@@ -132,6 +132,7 @@ class Fission(Method):
     Options = FissionOptions
     combine = "logits"
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
+    requires = "it needs the backbone's stage boundaries (stem, stages, head): use a built-in model"
 
     # -- structure -----------------------------------------------------------------------------
     def reference(self, dropout: bool = False) -> Backbone:
@@ -144,6 +145,7 @@ class Fission(Method):
             return self.backbone() if dropout else self.backbone(dropout=0.0)
 
     def build(self) -> Ensemble:
+        self.refuse_custom_backbone()
         o = self.options
         ref = self.reference(dropout=True)
         check_exits(ref, o.members)
