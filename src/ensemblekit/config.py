@@ -30,6 +30,7 @@ MAX_BATCH = 65_536
 MAX_THREADS = 1024
 MAX_WIDTH = 16.0
 MAX_LR = 100.0
+MAX_IMAGE_SIDE = 4096
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
@@ -53,6 +54,25 @@ class DataConfig(_Section):
     download: bool = False
     classes: list[Annotated[int, Field(ge=0, le=MAX_IMAGES)]] | None = Field(default=None, min_length=1)
     """Train and test on these classes only, relabelled 0..k-1 in the given order (``None``: all)."""
+    image_size: (
+        Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)] | list[Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]] | None
+    ) = None
+    """``image_folder``: bring every image to this size (``S`` or ``[H, W]``): scale to cover, centre-crop."""
+
+    @field_validator("image_size")
+    @classmethod
+    def _height_width(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(v, list) and len(v) != 2:
+            raise ValueError("must be one size S or [height, width]")
+        return v
+
+    def image_hw(self) -> tuple[int, int] | None:
+        """``image_size`` as ``(H, W)`` (``None`` when unset)."""
+        if self.image_size is None:
+            return None
+        if isinstance(self.image_size, int):
+            return (self.image_size, self.image_size)
+        return (int(self.image_size[0]), int(self.image_size[1]))
 
 
 class ModelConfig(_Section):

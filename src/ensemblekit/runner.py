@@ -96,6 +96,7 @@ def load_run_data(cfg: Config) -> DataBundle:
         seed=d.seed,
         download=d.download,
         classes=d.classes,
+        image_size=d.image_hw(),
     )
 
 

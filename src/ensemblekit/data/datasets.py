@@ -40,6 +40,7 @@ class LoadRequest:
     test_size: int | None
     val_size: int
     classes: tuple[int, ...] | None = None
+    image_size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -79,8 +80,8 @@ def image_folder(request: LoadRequest) -> RawData:
     root = Path(request.root).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
-    train, test = load_image_folder(root, request.cache_dir)
-    source = f"image folder {root}"
+    train, test = load_image_folder(root, request.cache_dir, request.image_size)
+    source = f"image folder {root}" + ("" if request.image_size is None else " (resized and centre-cropped)")
     if root.name.lower().startswith("cifar10") and not root.name.lower().startswith("cifar100"):
         return RawData(train, test, source, CIFAR10_MEAN, CIFAR10_STD)
     return RawData(train, test, source)
@@ -120,6 +121,7 @@ def load_data(
     download: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     classes: list[int] | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> DataBundle:
     """Load a registered data set and split it.
 
@@ -142,6 +144,7 @@ def load_data(
         cache_dir: Decode-cache folder (default :func:`~ensemblekit.data.paths.resolve_cache_dir`).
         classes: Keep only these classes (before any split), labels remapped so that ``classes[j]``
             becomes ``j`` (see :mod:`ensemblekit.data.classes`); ``None`` keeps all.
+        image_size: ``image_folder`` only: ``(H, W)`` every image is scaled to cover and centre-cropped to.
 
     Returns:
         The :class:`DataBundle`.
@@ -150,8 +153,17 @@ def load_data(
         UserError: unknown name, bad sizes, missing (``DataNotFoundError``) or corrupt (``ChecksumError``) data.
     """
     loader = DATASETS.get(name)
+    if image_size is not None and name != "image_folder":
+        raise UserError(f"config error: data.image_size applies to image_folder data, not to {name}")
     request = LoadRequest(
-        root, download, resolve_cache_dir(cache_dir), train_size, test_size, val_size, tuple(classes or ()) or None
+        root,
+        download,
+        resolve_cache_dir(cache_dir),
+        train_size,
+        test_size,
+        val_size,
+        tuple(classes or ()) or None,
+        image_size,
     )
     raw = loader(request)
     if classes is not None:

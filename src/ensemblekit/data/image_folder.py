@@ -2,13 +2,16 @@
 
 Class folders of ``train/`` sorted by name give the label indices; files within a class are taken in
 name order. Images are decoded with Pillow to RGB ``uint8`` (in a process pool for large folders) and
-must all have the same size. Decoded arrays go to the :class:`~ensemblekit.data.cache.DecodeCache`,
+must all have the same size, unless ``image_size`` is given: then each is scaled to cover it and centre-cropped
+(:func:`ensemblekit.data.images.resize_and_crop`). Decoded arrays go to the
+:class:`~ensemblekit.data.cache.DecodeCache`,
 keyed by a fingerprint of the folder that is computed with ``os.scandir`` (no decoding), so a second
 load only reads two ``.npy`` files per split.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -114,13 +117,16 @@ def scan_image_folder(root: Path) -> FolderScan:
     return scan
 
 
-def _decode_chunk(paths: list[str]) -> np.ndarray:
-    """Decode ``paths`` to one ``uint8 [n, H, W, 3]`` array (all images must share one size)."""
+def _decode_chunk(paths: list[str], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode ``paths`` to one ``uint8 [n, H, W, 3]`` array (one shared size, or each brought to ``size``)."""
+    from ensemblekit.data.images import resize_and_crop
+
     out: np.ndarray | None = None
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))
+                rgb = image.convert("RGB")
+                pixels = np.asarray(rgb if size is None else resize_and_crop(rgb, size))
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             # ValueError: e.g. an oversized text chunk; DecompressionBombError: a header claiming huge dimensions
             raise UserError(f"cannot decode image {shorten(path, 200)}: {one_line(e, 160)}") from None
@@ -129,7 +135,7 @@ def _decode_chunk(paths: list[str]) -> np.ndarray:
         elif pixels.shape != out.shape[1:]:
             raise UserError(
                 f"images differ in size: {path} is {pixels.shape[1]}x{pixels.shape[0]} but {paths[0]} is "
-                f"{out.shape[2]}x{out.shape[1]}; all images of an image-folder data set must have the same size"
+                f"{out.shape[2]}x{out.shape[1]}; images must have the same size unless data.image_size is set"
             )
         out[i] = pixels
     assert out is not None
@@ -140,8 +146,10 @@ def _workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def decode_images(paths: list[str]) -> np.ndarray:
+def decode_images(paths: list[str], size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode image files to ``uint8 [N, 3, H, W]``, using a process pool when there are many.
+
+    ``size`` ``(H, W)``: every image is scaled to cover it and centre-cropped; otherwise all must share one size.
 
     Raises:
         UserError: if a file cannot be decoded or the images differ in size.
@@ -149,13 +157,13 @@ def decode_images(paths: list[str]) -> np.ndarray:
     workers = _workers()
     if len(paths) < POOL_MIN_IMAGES or workers < 2:
         parts = [paths]
-        chunks = [_decode_chunk(paths)]
+        chunks = [_decode_chunk(paths, size)]
     else:
         step = -(-len(paths) // (4 * workers))
         parts = [paths[i : i + step] for i in range(0, len(paths), step)]
         method = "fork" if sys.platform == "linux" else None  # fork starts in milliseconds; workers only use Pillow
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            chunks = list(pool.map(_decode_chunk, parts))
+            chunks = list(pool.map(functools.partial(_decode_chunk, size=size), parts))
     for part, chunk in zip(parts, chunks):
         if chunk.shape[1:] != chunks[0].shape[1:]:
             raise UserError(
@@ -165,9 +173,10 @@ def decode_images(paths: list[str]) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(chunks).transpose(0, 3, 1, 2))
 
 
-def _decode_scan(scan: FolderScan) -> dict[str, np.ndarray]:
+def _decode_scan(scan: FolderScan, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """Decode every split of ``scan`` in one pass; returns ``{split}_images`` and ``{split}_labels`` arrays."""
-    images = decode_images([path for split in SPLITS for path in scan.files[split]])
+    paths = [path for split in SPLITS for path in scan.files[split]]
+    images = decode_images(paths) if size is None else decode_images(paths, size)
     arrays, start = {}, 0
     for split in SPLITS:
         stop = start + len(scan.files[split])
@@ -188,12 +197,16 @@ def _matches(arrays: dict[str, np.ndarray], scan: FolderScan) -> bool:
         return False
 
 
-def load_image_folder(root: Path, cache_dir: Path | None) -> tuple[ImageTensors, ImageTensors]:
+def load_image_folder(
+    root: Path, cache_dir: Path | None, image_size: tuple[int, int] | None = None
+) -> tuple[ImageTensors, ImageTensors]:
     """Load an image folder's train and test splits, from the decode cache when it is current.
 
     Args:
         root: The folder holding ``train/`` and ``test/``.
         cache_dir: Decode-cache root, or ``None`` to decode without caching.
+        image_size: ``(H, W)`` every image is resized (to cover) and centre-cropped to; ``None``: all images
+            must already share one size.
 
     Returns:
         ``(train, test)``.
@@ -204,14 +217,15 @@ def load_image_folder(root: Path, cache_dir: Path | None) -> tuple[ImageTensors,
     root = root.resolve()
     scan = scan_image_folder(root)
     cache = DecodeCache(cache_dir) if cache_dir is not None else None
-    arrays = cache.load(root, scan.fingerprint) if cache is not None else None
+    fingerprint = scan.fingerprint + ("" if image_size is None else f";resized={image_size[0]}x{image_size[1]}")
+    arrays = cache.load(root, fingerprint) if cache is not None else None
     if arrays is not None and _matches(arrays, scan):
         log.info("loaded %s from the decode cache %s", root, cache_dir)
     else:
         log.info("decoding %d images of %s", scan.num_files, root)
-        arrays = _decode_scan(scan)
+        arrays = _decode_scan(scan, image_size)
         if cache is not None:
-            cache.save(root, scan.fingerprint, arrays)
+            cache.save(root, fingerprint, arrays)
     tensors = [
         ImageTensors(
             torch.from_numpy(arrays[f"{s}_images"]), torch.from_numpy(arrays[f"{s}_labels"]), list(scan.classes)

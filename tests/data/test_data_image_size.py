@@ -1,0 +1,44 @@
+"""``data.image_size``: image folders with images of any size are resized to cover and centre-cropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ensemblekit.config import config_from_dict
+from ensemblekit.data import load_data
+from ensemblekit.data.images import resize_and_crop
+from ensemblekit.errors import UserError
+
+
+def _mixed_folder(root):
+    rng = np.random.default_rng(3)
+    sizes = [(20, 30), (40, 16), (12, 12)]
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for j, (h, w) in enumerate(sizes):
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / cls / f"{j}.png")
+
+
+def test_mixed_sizes_are_resized_and_cropped(tmp_path):
+    _mixed_folder(tmp_path / "mixed")
+    with pytest.raises(UserError, match="unless data.image_size is set"):
+        load_data("image_folder", root=tmp_path / "mixed", cache_dir=tmp_path / "cache")
+    bundle = load_data("image_folder", root=tmp_path / "mixed", cache_dir=tmp_path / "cache", image_size=(16, 24))
+    assert bundle.train.images.shape == (6, 3, 16, 24)
+    with Image.open(tmp_path / "mixed" / "train" / "a" / "1.png") as image:
+        expected = np.asarray(resize_and_crop(image.convert("RGB"), (16, 24))).transpose(2, 0, 1)
+    assert np.array_equal(bundle.train.images[1].numpy(), expected)
+    again = load_data("image_folder", root=tmp_path / "mixed", cache_dir=tmp_path / "cache", image_size=(8, 8))
+    assert again.train.images.shape == (6, 3, 8, 8)  # another size is another cache entry
+
+
+def test_image_size_config_forms():
+    assert config_from_dict({"data": {"image_size": 64}}).data.image_hw() == (64, 64)
+    assert config_from_dict({"data": {"image_size": [48, 64]}}).data.image_hw() == (48, 64)
+    with pytest.raises(UserError, match="data.image_size"):
+        config_from_dict({"data": {"image_size": [1, 2, 3]}})
+    with pytest.raises(UserError, match="applies to image_folder"):
+        load_data("synthetic", train_size=10, test_size=10, image_size=(8, 8))
