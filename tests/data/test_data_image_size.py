@@ -24,7 +24,7 @@ def _mixed_folder(root):
 
 def test_mixed_sizes_are_resized_and_cropped(tmp_path):
     _mixed_folder(tmp_path / "mixed")
-    with pytest.raises(UserError, match="unless data.image_size is set"):
+    with pytest.raises(UserError, match=r"unless data\.image_size is set"):
         load_data("image_folder", root=tmp_path / "mixed", cache_dir=tmp_path / "cache")
     bundle = load_data("image_folder", root=tmp_path / "mixed", cache_dir=tmp_path / "cache", image_size=(16, 24))
     assert bundle.train.images.shape == (6, 3, 16, 24)
@@ -38,7 +38,7 @@ def test_mixed_sizes_are_resized_and_cropped(tmp_path):
 def test_image_size_config_forms():
     assert config_from_dict({"data": {"image_size": 64}}).data.image_hw() == (64, 64)
     assert config_from_dict({"data": {"image_size": [48, 64]}}).data.image_hw() == (48, 64)
-    with pytest.raises(UserError, match="data.image_size"):
+    with pytest.raises(UserError, match=r"data\.image_size"):
         config_from_dict({"data": {"image_size": [1, 2, 3]}})
     with pytest.raises(UserError, match="applies to image_folder"):
         load_data("synthetic", train_size=10, test_size=10, image_size=(8, 8))
