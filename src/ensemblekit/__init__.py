@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"Ensemble", "MemberEnsemble", "combine_logits", "predict"}
 _PREDICTOR = {"load", "Predictor", "Prediction"}
+_FIT = {"fit"}
 
 __all__ = [
     "Ensemble",
@@ -23,12 +24,17 @@ __all__ = [
     "UserError",
     "__version__",
     "combine_logits",
+    "fit",
     "load",
     "predict",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _FIT:
+        from ensemblekit import user_data
+
+        return user_data.fit
     if name in _PREDICTOR:
         from ensemblekit import predictor
 

@@ -362,15 +362,16 @@ def train(
     overwrite: bool = False,
     quiet: bool = False,
     progress: str = "auto",
+    data: DataBundle | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a run in ``out``; return what was written to ``metrics.json``.
 
     With ``resume`` the run continues from ``out/checkpoints/last.pt`` with the run's own config (a different
-    config is refused).
+    config is refused). ``data`` gives the data directly (:func:`ensemblekit.fit`) instead of the config's.
     """
     run_dir = Path(out)
     fabric = make_fabric(cfg)
-    data = load_run_data(cfg)  # missing data is refused before anything is written
+    data = load_run_data(cfg) if data is None else data  # missing data is refused before anything is written
     method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))  # so is an unbuildable model
     with contextlib.ExitStack() as held:
         error, has_checkpoint = None, False

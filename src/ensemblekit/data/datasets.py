@@ -105,6 +105,15 @@ def synthetic(request: LoadRequest) -> RawData:
     return RawData(train, make_synthetic(n_test, "test"), "synthetic (generated, fixed seed)")
 
 
+@DATASETS.register("memory")
+def memory(request: LoadRequest) -> RawData:
+    """Data given from Python (:func:`ensemblekit.fit`): recorded in run configs, never loaded from one."""
+    raise UserError(
+        "data set 'memory' was given from Python (ensemblekit.fit) and is not on disk: predict with "
+        "ensemblekit.load(run_dir), or train on a data set a config can name"
+    )
+
+
 def list_datasets() -> list[str]:
     """Names of all registered data sets, sorted."""
     return DATASETS.names()
