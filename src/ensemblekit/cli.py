@@ -14,6 +14,7 @@ Commands::
     ensemblekit list models|methods|datasets
     ensemblekit data check [--root DIR]
     ensemblekit predict RUN_DIR IMAGE_OR_DIR... [--out preds.csv] [--device cpu|cuda]
+    ensemblekit export RUN_DIR --format torchscript|onnx|safetensors --out FILE
 
 Every error a user can cause ends with one line on stderr and exit code 2.
 """
@@ -98,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="CSV file to write (default: print the CSV)")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--batch-size", type=int, default=256)
+
+    ex = sub.add_parser("export", help="export a finished run as TorchScript, ONNX or safetensors weights")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", dest="fmt", required=True, choices=["torchscript", "onnx", "safetensors"])
+    ex.add_argument("--out", required=True, help="file to write")
 
     da = sub.add_parser("data", help="data utilities")
     da.add_argument("action", choices=["check"])
@@ -316,6 +322,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ensemblekit.export import export
+
+    path = export(args.run_dir, args.fmt, args.out)
+    print(f"wrote {path} ({args.fmt}; input: float images [B, 3, H, W] in [0, 1]; outputs: probs, member_probs)")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -328,6 +342,7 @@ COMMANDS = {
     "list": _cmd_list,
     "data": _cmd_data,
     "predict": _cmd_predict,
+    "export": _cmd_export,
 }
 
 
