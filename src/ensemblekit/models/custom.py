@@ -2,7 +2,8 @@
 
 Two ways to use any image classifier ``[B, 3, H, W] -> [B, num_classes]`` logits:
 
-* name its factory by import path in the config (the module must be importable, e.g. on ``PYTHONPATH``)::
+* name its factory by import path in the config (the module must be importable: on ``PYTHONPATH``, installed,
+  or in the current directory)::
 
       model:
         factory: "mypkg.nets:make_net"   # make_net(num_classes=..., **kwargs) -> nn.Module
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +36,18 @@ from torch import nn
 from ensemblekit.errors import UserError, one_line, shorten
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def _import(module_name: str) -> Any:
+    """Import ``module_name``; when it is not found, look in the current directory too (as ``python -m`` does)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != module_name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
 
 
 def load_factory(path: str) -> Callable[..., Any]:
@@ -48,7 +63,7 @@ def load_factory(path: str) -> Callable[..., Any]:
         raise UserError(f"config error: model.factory: expected 'package.module:function', got {shorten(path)}")
     module_name, attr = path.split(":", 1)
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except Exception as exc:  # the user's module may raise anything while importing
         why = one_line(f"{type(exc).__name__}: {exc}", 200)
         raise UserError(
