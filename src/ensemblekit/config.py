@@ -85,6 +85,8 @@ class ModelConfig(_Section):
 
     name: str = "resnet20"
     factory: str | None = Field(default=None, max_length=300)
+    stages: list[Annotated[str, Field(max_length=300)]] | None = Field(default=None, max_length=64)
+    """A custom module's stage boundaries: the layers where each stage begins, then where the head begins."""
     width: float | None = Field(default=None, gt=0, le=MAX_WIDTH)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -281,6 +283,13 @@ def check_names(cfg: Config) -> None:
         if cfg.model.width is not None:
             raise UserError("config error: model.width applies to the built-in models only, not to model.factory")
         return
+    if cfg.model.stages:
+        from ensemblekit.methods.base import BUILTIN_MODELS
+
+        if cfg.model.name in BUILTIN_MODELS:
+            raise UserError(
+                "config error: model.stages applies to custom models (model.factory); built-ins have stages"
+            )
     try:
         check_model_options(cfg.model.name, cfg.model.kwargs)
     except UserError as exc:

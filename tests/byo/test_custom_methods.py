@@ -34,10 +34,10 @@ WORKS = {
     "subnetwork": {},
 }
 REFUSES = {
-    "fission": "stage boundaries",
+    "fission": "stage boundaries: set model.stages",
     "mothernets": "architecture spec",
     "packed": "architecture spec",
-    "treenet": "stages",
+    "treenet": "stage boundaries: set model.stages",
 }
 
 
@@ -190,3 +190,54 @@ def test_registered_plain_module_factory_works(monkeypatch):
     _, ensemble = build_ensemble(config_from_dict(raw), 10, 64)
     assert type(ensemble.net).__name__ == "TinyCNN"
     assert type(ensemble.net.classifier).__name__ == "BatchEnsembleLinear"
+
+
+STAGES = ["features.0", "features.3", "features.6"]  # stage 0: conv-BN-ReLU, stage 1: conv-BN-ReLU, head: pool-fc
+
+
+@pytest.mark.parametrize("method", ["fission", "treenet"])
+def test_stage_methods_run_on_named_stage_boundaries(method, tmp_path):
+    import ensemblekit
+
+    raw = tiny_config(
+        method={"name": method, "members": 2},
+        train={"epochs": 1, "max_steps_per_epoch": 2},
+        data={"train_size": 64, "test_size": 32},
+    )
+    raw["model"] = {"factory": FACTORY, "stages": STAGES}
+    record = train(config_from_dict(raw), tmp_path / "run", quiet=True)
+    assert math.isfinite(record["metrics"]["nll"]) and record["num_members"] == 2
+    out = ensemblekit.load(tmp_path / "run", device="cpu").predict(
+        torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    )
+    assert (out.member_probs[0] - out.member_probs[1]).abs().max() > 1e-6  # two paths, not one network twice
+
+
+def test_staged_module_equals_the_original_and_bad_stages_are_refused():
+    from ensemblekit.models.custom import staged_backbone
+
+    torch.manual_seed(0)
+    net = TinyCNN(10, 8).eval()
+    staged = staged_backbone(net, STAGES).eval()
+    assert len(staged.stages) == 2 and isinstance(staged.head.fc, nn.Linear)
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(staged(x), net(x))
+    with pytest.raises(UserError, match=r"no layer 'features\.9'; the layers in order: features\.0, "):
+        staged_backbone(TinyCNN(), ["features.0", "features.9"])
+    with pytest.raises(UserError, match="in layer order"):
+        staged_backbone(TinyCNN(), ["features.3", "features.0"])
+
+    class Skip(nn.Module):  # forward is not its children in order
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc(self.pool(x + self.conv(x)))
+
+    with pytest.raises(UserError, match="not its layers applied in order"):
+        staged_backbone(Skip(), ["conv", "pool.0"])
+    with pytest.raises(UserError, match=r"model\.stages applies to custom models"):
+        config_from_dict({"model": {"name": "resnet8", "stages": ["stem"]}})

@@ -167,7 +167,13 @@ class Method:
         model = build_custom_model(label, factory, self.num_classes, kwargs)
         if isinstance(model, Backbone):
             raise UserError(f"model {label} returned an ensemblekit Backbone: register it in MODELS by name instead")
-        return add_dropout_before_classifier(model, dropout) if dropout else model
+        if dropout:
+            add_dropout_before_classifier(model, dropout)
+        if m.stages:
+            from ensemblekit.models.custom import staged_backbone
+
+            model = staged_backbone(model, list(m.stages))
+        return model
 
     def custom_backbone(self) -> bool:
         """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone``)."""

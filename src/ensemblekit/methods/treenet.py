@@ -71,10 +71,11 @@ class TreeNet(Method):
     name = "treenet"
     Options = TreeNetOptions
     summary = "shared trunk + M branches, summed loss (Lee et al., 2015)"
-    requires = "it splits the backbone at its stages (stem, stages, head): use a built-in model"
+    requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
 
     def build(self) -> Ensemble:
-        self.refuse_custom_backbone()
+        if not self.cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
+            self.refuse_custom_backbone()
         backbones = [self.backbone() for _ in range(self.options.members)]
         s, n = self.options.shared_stages, len(backbones[0].stages)
         if s > n:

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 import os
 import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ensemblekit.errors import UserError, one_line, shorten
@@ -238,3 +240,88 @@ def widen_input_and_classifier(model: nn.Module, members: int) -> tuple[nn.Modul
     replace_module(model, conv_path, wide)
     replace_module(model, fc_path, nn.Linear(fc.in_features, fc.out_features * members, bias=fc.bias is not None))
     return model, conv.in_channels
+
+
+class CustomSpec:
+    """The ``spec`` of a staged custom module: it describes no architecture (``family`` is ``"custom"``)."""
+
+    family = "custom"
+    in_channels = 3
+
+
+class StagedHead(nn.Module):
+    """The head of a staged custom module: its layers after the last stage, the classifier at ``fc``."""
+
+    def __init__(self, body: list[nn.Module], fc: nn.Linear) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.fc = fc
+
+    def forward(self, x):
+        """Logits of the classifier applied after the head's other layers."""
+        return self.fc(self.body(x))
+
+
+def sequential_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The module's layers in order: its children, with every ``nn.Sequential`` expanded (qualified names)."""
+
+    def expand(prefix: str, module: nn.Module, top: bool) -> list[tuple[str, nn.Module]]:
+        if (top or isinstance(module, nn.Sequential)) and len(module._modules) > 0:
+            return [
+                item for name, child in module.named_children() for item in expand(_join(prefix, name), child, False)
+            ]
+        return [(prefix, module)]
+
+    return expand("", model, True)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def staged_backbone(model: nn.Module, starts: list[str], image_shape: tuple[int, ...] = (3, 32, 32)):
+    """The user's module as an ensemblekit ``Backbone`` (stem, stages, head) split at the named modules.
+
+    ``starts`` names the layer where each stage begins and, last, the layer where the head begins; the layers are
+    the module's children in order, nested ``nn.Sequential`` expanded (:func:`sequential_layers`). The module's
+    forward must be those layers applied in order (checked on a random input) and its last layer the
+    ``nn.Linear`` classifier. Methods that work on stages (fission, treenet) then run on it.
+
+    Raises:
+        UserError: for an unknown or misordered name, a head that does not end in an ``nn.Linear``, or a forward
+            that is not the layers in order.
+    """
+    from ensemblekit.models.backbone import Backbone
+
+    layers = sequential_layers(model)
+    names = [n for n, _ in layers]
+    unknown = [s for s in starts if s not in names]
+    if unknown:
+        raise UserError(f"config error: model.stages: no layer {unknown[0]!r}; the layers in order: {', '.join(names)}")
+    cuts = [names.index(s) for s in starts]
+    if len(starts) < 2 or cuts != sorted(set(cuts)):
+        raise UserError("config error: model.stages: name >= 1 stage start and then the head start, in layer order")
+    mods = [m for _, m in layers]
+    if not isinstance(mods[-1], nn.Linear):
+        raise UserError(f"config error: model.stages: the last layer {names[-1]!r} must be the nn.Linear classifier")
+    stem = nn.Sequential(*mods[: cuts[0]]) if cuts[0] > 0 else nn.Identity()
+    stages = [nn.Sequential(*mods[a:b]) for a, b in itertools.pairwise(cuts)]
+    head = StagedHead(mods[cuts[-1] : -1], mods[-1])
+    staged = Backbone(CustomSpec(), stem, stages, head)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
+            same = torch.allclose(staged(x), model(x), atol=1e-5, rtol=1e-4)
+    except RuntimeError:
+        same = False
+    finally:
+        model.train(was_training)
+    if not same:
+        shape = "x".join(map(str, image_shape))
+        raise UserError(
+            "config error: model.stages: the module's forward is not its layers applied in order (nested "
+            f"nn.Sequential expanded; checked on random {shape} images), so it cannot be split"
+        )
+    return staged.train(was_training)

@@ -132,7 +132,7 @@ class Fission(Method):
     Options = FissionOptions
     combine = "logits"
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
-    requires = "it needs the backbone's stage boundaries (stem, stages, head): use a built-in model"
+    requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
 
     # -- structure -----------------------------------------------------------------------------
     def reference(self, dropout: bool = False) -> Backbone:
@@ -145,7 +145,8 @@ class Fission(Method):
             return self.backbone() if dropout else self.backbone(dropout=0.0)
 
     def build(self) -> Ensemble:
-        self.refuse_custom_backbone()
+        if not self.cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
+            self.refuse_custom_backbone()
         o = self.options
         ref = self.reference(dropout=True)
         check_exits(ref, o.members)
