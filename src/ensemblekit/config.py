@@ -48,6 +48,10 @@ class DataConfig(_Section):
     test_size: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
     val_size: int = Field(default=0, ge=0, le=MAX_IMAGES)
     augment: bool = True
+    crop_padding: int = Field(default=4, ge=0, le=256)
+    """Zero padding of the augmentation's random crop (0: no crop); images keep their size."""
+    flip: bool = True
+    """Random horizontal flips in the augmentation."""
     batch_size: int = Field(default=128, gt=0, le=MAX_BATCH)
     eval_batch_size: int = Field(default=500, gt=0, le=MAX_BATCH)
     seed: Seed = 0

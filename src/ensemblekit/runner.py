@@ -182,6 +182,8 @@ def make_engine(
         max_steps_per_epoch=cfg.train.max_steps_per_epoch,
         channels_last=channels_last,
         max_loss=cfg.train.max_loss,
+        crop_padding=cfg.data.crop_padding,
+        flip=cfg.data.flip,
     )
 
 

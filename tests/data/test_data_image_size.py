@@ -42,3 +42,22 @@ def test_image_size_config_forms():
         config_from_dict({"data": {"image_size": [1, 2, 3]}})
     with pytest.raises(UserError, match="applies to image_folder"):
         load_data("synthetic", train_size=10, test_size=10, image_size=(8, 8))
+
+
+def test_augmentation_options_reach_the_loader():
+    import torch
+
+    from ensemblekit.data import BatchLoader, normalize
+    from ensemblekit.data.augment import augment_batch
+    from ensemblekit.data.loader import epoch_seed
+
+    data = load_data("synthetic", train_size=20, test_size=10)
+    kw = {"mean": data.mean, "std": data.std, "shuffle": False, "augment": True, "seed": 3}
+    off = next(iter(BatchLoader(data.train, 20, crop_padding=0, flip=False, **kw)))[0]
+    torch.testing.assert_close(off, normalize(data.train.images, data.mean, data.std))  # nothing left to randomise
+    padded = next(iter(BatchLoader(data.train, 20, crop_padding=2, flip=False, **kw)))[0]
+    generator = torch.Generator().manual_seed(epoch_seed(3, 0, 1, 0))
+    torch.testing.assert_close(padded, augment_batch(data.train.images, data.mean, data.std, generator, 2, False))
+    assert not torch.equal(padded, off)
+    cfg = config_from_dict({"data": {"crop_padding": 0, "flip": False}})
+    assert (cfg.data.crop_padding, cfg.data.flip) == (0, False)

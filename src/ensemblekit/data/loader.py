@@ -50,6 +50,8 @@ class BatchLoader:
         world_size: Number of processes sharing the data.
         indices: Optional row numbers of ``data`` to serve instead of all rows (repeats allowed, as
             in a bootstrap sample).
+        crop_padding: Zero padding of the random crop (0: no crop; ``data.crop_padding``).
+        flip: Random horizontal flips (``data.flip``).
 
     Attributes:
         num_samples: Images this rank yields per epoch (after sharding, padding and ``drop_last``).
@@ -70,6 +72,8 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         indices: torch.Tensor | None = None,
+        crop_padding: int = 4,
+        flip: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -85,6 +89,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
+        self.crop_padding, self.flip = crop_padding, flip
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -134,7 +139,7 @@ class BatchLoader:
             idx = shard[start : start + self.batch_size].to(self.device)
             batch = images[idx]
             if self.augment:
-                x = augment_batch(batch, self.mean, self.std, generator)
+                x = augment_batch(batch, self.mean, self.std, generator, self.crop_padding, self.flip)
             else:
                 x = normalize(batch, self.mean, self.std)
             yield x, labels[idx], idx

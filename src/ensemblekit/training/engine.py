@@ -117,6 +117,8 @@ class Engine:
         channels_last: Feed image batches in channels-last memory format (faster convolutions on CPU; the
             modules must have been converted with ``.to(memory_format=torch.channels_last)``).
         max_loss: A mean training loss above this is divergence, like NaN or inf (``train.max_loss``).
+        crop_padding: Zero padding of the random crop of the augmentation (``data.crop_padding``).
+        flip: Random horizontal flips in the augmentation (``data.flip``).
     """
 
     def __init__(
@@ -134,8 +136,11 @@ class Engine:
         max_steps_per_epoch: int | None = None,
         channels_last: bool = False,
         max_loss: float = float("inf"),
+        crop_padding: int = 4,
+        flip: bool = True,
     ) -> None:
         self.fabric = fabric
+        self.crop_padding, self.flip = crop_padding, flip
         self.data = data
         self.modules = modules
         self.batch_size = batch_size
@@ -226,6 +231,8 @@ class Engine:
             rank=self.fabric.global_rank,
             world_size=self.fabric.world_size,
             indices=stage.train_indices,
+            crop_padding=self.crop_padding,
+            flip=self.flip,
         )
 
     def sample_batches(
@@ -255,6 +262,8 @@ class Engine:
             rank=self.fabric.global_rank,
             world_size=self.fabric.world_size,
             indices=indices,
+            crop_padding=self.crop_padding,
+            flip=self.flip,
         )
         batches = []
         for x, y in loader:
