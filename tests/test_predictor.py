@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 import ensemblekit
 from ensemblekit.config import config_from_dict
+from ensemblekit.data import load_data
 from ensemblekit.data.images import images_to_tensor, resize_and_crop
 from ensemblekit.errors import UserError
 from ensemblekit.evaluation.loading import load_run
@@ -129,3 +131,19 @@ def test_cli_predict_writes_csv(run_dir, tmp_path):
     assert all(r["prediction"] == f"pattern_{int(np.argmax(p))}" for r, p in zip(rows, probs))
     bad = run_cli("predict", str(run_dir), str(tmp_path / "nope.png"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_distillation_run_loads_without_its_teacher_run(tmp_path):
+    quick = {"epochs": 1, "max_steps_per_epoch": 2}
+    train(config_from_dict(tiny_config(train=quick)), tmp_path / "teacher", quiet=True)
+    cfg = tiny_config(
+        method={"name": "distillation", "members": 2, "teacher_run": str(tmp_path / "teacher")}, train=quick
+    )
+    train(config_from_dict(cfg), tmp_path / "student", quiet=True)
+    shutil.rmtree(tmp_path / "teacher")  # prediction needs only the students
+    run_accuracy = json.loads((tmp_path / "student" / "metrics.json").read_text())["metrics"]["accuracy"]
+    predictor = ensemblekit.load(tmp_path / "student", device="cpu")
+    data = load_data("synthetic", train_size=192, test_size=64)
+    out = predictor.predict(data.test.images)
+    assert predictor.method == "distillation" and out.member_probs.shape == (2, 64, 10)
+    assert float((out.predicted == data.test.labels).float().mean()) == pytest.approx(run_accuracy)
