@@ -241,3 +241,16 @@ def test_staged_module_equals_the_original_and_bad_stages_are_refused():
         staged_backbone(Skip(), ["conv", "pool.0"])
     with pytest.raises(UserError, match=r"model\.stages applies to custom models"):
         config_from_dict({"model": {"name": "resnet8", "stages": ["stem"]}})
+
+
+def test_registered_backbone_builder_is_not_a_custom_module(monkeypatch):
+    from ensemblekit.models import MODELS, create_model
+
+    def tiny_resnet(num_classes=10, layers=None, dropout=0.0):
+        return create_model("resnet8", num_classes=num_classes, width=0.5, layers=layers, dropout=dropout)
+
+    monkeypatch.setitem(MODELS._entries, "byo_test_resnet", tiny_resnet)
+    raw = tiny_config(method={"name": "fission", "members": 2})
+    raw["model"] = {"name": "byo_test_resnet"}
+    _, ensemble = build_ensemble(config_from_dict(raw), 10, 64)  # fission needs stages: a Backbone has them
+    assert ensemble.num_members == 2

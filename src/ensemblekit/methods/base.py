@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -20,7 +21,7 @@ from torch import nn
 from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, format_validation_error
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
-from ensemblekit.models import Backbone, create_model, list_models
+from ensemblekit.models import create_model, list_models
 from ensemblekit.registry import Registry
 from ensemblekit.training.stage import Stage
 
@@ -149,7 +150,7 @@ class Method:
         if m.dropout:
             kwargs["dropout"] = m.dropout
         kwargs.update(overrides)
-        if m.factory is None and m.name in BUILTIN_MODELS:
+        if not self.custom_backbone():
             return create_model(m.name, num_classes=self.num_classes, **kwargs)
         return self._custom_backbone(kwargs)
 
@@ -160,13 +161,12 @@ class Method:
         m = self.cfg.model
         factory = load_factory(m.factory) if m.factory is not None else MODELS.get(m.name)
         label = m.factory or repr(m.name)
-        dropout = kwargs.pop("dropout", 0.0)
+        takes_dropout = "dropout" in _parameters(factory)
+        dropout = 0.0 if takes_dropout else kwargs.pop("dropout", 0.0)  # a factory's own dropout option wins
         if kwargs.get("layers") is not None:
             raise UserError(f"method {self.name} cannot use the custom model {label}: {self.requires}")
         kwargs.pop("layers", None)
         model = build_custom_model(label, factory, self.num_classes, kwargs)
-        if isinstance(model, Backbone):
-            raise UserError(f"model {label} returned an ensemblekit Backbone: register it in MODELS by name instead")
         if dropout:
             add_dropout_before_classifier(model, dropout)
         if m.stages:
@@ -176,8 +176,13 @@ class Method:
         return model
 
     def custom_backbone(self) -> bool:
-        """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone``)."""
-        return self.cfg.model.factory is not None or self.cfg.model.name not in BUILTIN_MODELS
+        """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone`` builder).
+
+        ``model.factory`` always is; a registered name is one unless it is built in or its factory takes
+        ``layers=`` (an ensemblekit-style builder that returns a ``Backbone``).
+        """
+        m = self.cfg.model
+        return m.factory is not None or (m.name not in BUILTIN_MODELS and not is_backbone_builder(m.name))
 
     def refuse_custom_backbone(self) -> None:
         """Refuse a custom backbone in one line saying what the method needs (methods that need the structure)."""
@@ -192,6 +197,20 @@ class Method:
     def member_seed(self, i: int) -> int:
         """Seed of member ``i``'s data order; member 0 of any method uses the same order as ``single``."""
         return self.cfg.train.seed * 1000 + i
+
+
+def _parameters(factory: Any) -> set[str]:
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def is_backbone_builder(name: str) -> bool:
+    """Whether registered model ``name`` is an ensemblekit-style builder (its factory takes ``layers=``)."""
+    from ensemblekit.models import MODELS
+
+    return "layers" in _parameters(MODELS.get(name))
 
 
 def build_method(cfg: Config, num_classes: int, train_size: int) -> Method:
