@@ -51,3 +51,21 @@ def test_cli_runs_a_module_from_the_current_directory(tmp_path):
     missing = _cli(tmp_path, "train", "c.yaml", "--set", "model.factory=nowhere_byo:make", "--out", "r2")
     assert missing.returncode == 2
     assert missing.stderr.strip().startswith("error: config error: model.factory: cannot import 'nowhere_byo'")
+
+
+def test_bench_suite_of_custom_module_runs(tmp_path):
+    from ensemblekit.bench.run_suite import run_suite
+    from tests.conftest import TINY
+
+    base = {k: v for k, v in TINY.items() if k not in ("method", "model")}
+    base["model"] = {"factory": "tests.byo.custom_nets:make_net"}
+    runs = [
+        {"name": "de2", "method": {"name": "deep_ensemble", "members": 2}},
+        {"name": "be2", "method": {"name": "batch_ensemble", "members": 2}},
+    ]
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "byo", "base": base, "budget": 2.0, "runs": runs}))
+    status = run_suite(path, tmp_path / "out", quiet=True, say=lambda line: None)
+    assert {k: e["state"] for k, e in status["runs"].items()} == {"de2/seed0": "done", "be2/seed0": "done"}
+    record = json.loads((tmp_path / "out" / "runs" / "be2" / "seed0" / "metrics.json").read_text())
+    assert record["backbone"] == "custom" and record["costs"]["train_epoch_equivalents"] > 0
