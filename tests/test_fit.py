@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import ensemblekit
@@ -53,7 +54,8 @@ def test_datasets_loaders_and_float_images_give_the_same_bundle():
     x, y = data.train.images[:40], data.train.labels[:40]
     floats = TensorDataset(x.float() / 255, y)
     ref = as_data_bundle((x, y), (x, y))
-    for source in (floats, DataLoader(floats, batch_size=7), [(x[i], int(y[i])) for i in range(40)]):
+    pils = [(Image.fromarray(x[i].permute(1, 2, 0).numpy()), int(y[i])) for i in range(40)]  # torchvision style
+    for source in (floats, DataLoader(floats, batch_size=7), [(x[i], int(y[i])) for i in range(40)], pils):
         bundle = as_data_bundle(source, (x, y))
         assert torch.equal(bundle.train.images, ref.train.images) and torch.equal(bundle.train.labels, y)
     assert ref.classes == [str(k) for k in range(int(y.max()) + 1)]

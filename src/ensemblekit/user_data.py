@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -41,7 +42,7 @@ MEMORY = "memory"
 def _image_batch(x: Any, size: tuple[int, int] | None, what: str) -> torch.Tensor:
     """``x`` (a tensor batch, one tensor image, a PIL image or a list of them) as ``uint8 [n, 3, H, W]``."""
     if isinstance(x, Image.Image):
-        x = [x]
+        x = torch.from_numpy(np.array(x.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
     if isinstance(x, (list, tuple)):
         return torch.cat([_image_batch(item, size, what) for item in x]) if x else torch.empty(0, 3, 1, 1)
     if not isinstance(x, torch.Tensor):
