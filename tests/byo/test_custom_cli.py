@@ -71,3 +71,21 @@ def test_bench_suite_of_custom_module_runs(tmp_path):
     assert {k: e["state"] for k, e in status["runs"].items()} == {"be2/seed0": "done"}
     record = json.loads((tmp_path / "out" / "runs" / "be2" / "seed0" / "metrics.json").read_text())
     assert record["backbone"] == "custom" and record["costs"]["train_epoch_equivalents"] > 0
+
+
+def test_grow_a_subnetwork_run_of_a_custom_module(tmp_path):
+    from ensemblekit.config import config_from_dict
+    from ensemblekit.methods.subnetwork.grow import grow
+    from ensemblekit.runner import train
+    from tests.conftest import tiny_config
+
+    raw = tiny_config(
+        method={"name": "subnetwork", "members": 2},
+        train={"epochs": 1, "max_steps_per_epoch": 2},
+        data={"train_size": 64, "test_size": 32},
+    )
+    raw["model"] = {"factory": "tests.byo.custom_nets:make_net"}
+    train(config_from_dict(raw), tmp_path / "run", quiet=True)
+    record = grow(tmp_path / "run", 2, quiet=True)
+    assert record["num_members"] == 4 and record["backbone"] == "custom"
+    assert ensemblekit.load(tmp_path / "run", device="cpu").num_members == 4
