@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="image folder with train/ and test/ (default: generate one)")
     parser.add_argument("--out", type=Path, default=Path("runs/custom_model"))
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--images-per-class", type=int, default=60, help="generated training images per class")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--images-per-class", type=int, default=100, help="generated training images per class")
     args = parser.parse_args(argv)
 
     import ensemblekit
