@@ -100,3 +100,12 @@ def test_cli_export_of_a_trained_run(tmp_path):
     assert torch.jit.load(str(tmp_path / "m.pt"))(torch.rand(2, 3, 32, 32))[0].shape == (2, 10)
     bad = run_cli("export", str(tmp_path / "run"), "--format", "torchscript", "--out", str(tmp_path / "no" / "m.pt"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_onnx_without_the_onnx_package_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(UserError, match="pip install onnx onnxruntime"):
+        export_onnx(_predictor("deep_ensemble"), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -103,6 +103,11 @@ def test_bad_inputs_are_one_line_user_errors(run_dir):
         predictor.predict("/nonexistent/cat.jpg")
     with pytest.raises(UserError, match=r"no model\.pt"):
         ensemblekit.load(run_dir.parent / "missing")
+    with pytest.raises(UserError, match="unknown device"):
+        ensemblekit.load(run_dir, device="gpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            ensemblekit.load(run_dir, device="cuda")
 
 
 def test_uncertainty_formulas():

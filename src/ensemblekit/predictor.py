@@ -180,9 +180,12 @@ def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise UserError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but CUDA is not available here (use --device cpu)")
+    return dev
 
 
 def _saved_inputs(state: dict[str, Any], run_dir: Path) -> tuple[Config, dict[str, Any]]:
