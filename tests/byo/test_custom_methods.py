@@ -254,3 +254,21 @@ def test_registered_backbone_builder_is_not_a_custom_module(monkeypatch):
     raw["model"] = {"name": "byo_test_resnet"}
     _, ensemble = build_ensemble(config_from_dict(raw), 10, 64)  # fission needs stages: a Backbone has them
     assert ensemble.num_members == 2
+
+
+def test_mixture_of_a_registered_module_whose_kwargs_swallow_everything(monkeypatch):
+    """The issue's case: ``**kw`` swallowed ``layers=`` and mixture trained one network twice, silently."""
+    from ensemblekit.layers.template import TemplateLayer
+    from ensemblekit.models import MODELS
+    from tests.byo.custom_nets import make_loose
+
+    monkeypatch.setitem(MODELS._entries, "byo_test_loose", make_loose)
+    raw = tiny_config(method={"name": "mixture", "members": 2})
+    raw["model"] = {"name": "byo_test_loose"}
+    with pytest.raises(UserError, match="no layer mixes templates"):
+        build_ensemble(config_from_dict(raw), 10, 64)
+    raw["method"]["bank_singletons"] = True
+    _, ensemble = build_ensemble(config_from_dict(raw), 10, 64)
+    assert sum(isinstance(m, TemplateLayer) for m in ensemble.modules()) == 3  # 2 convs + the classifier
+    out = ensemble.eval()(torch.randn(4, 3, 32, 32))
+    assert (out[0] - out[1]).abs().max() > 1e-4
