@@ -64,7 +64,7 @@ def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
     runs = [
         {"name": "single", "method": {"name": "single"}},
         {"name": "de2", "method": {"name": "deep_ensemble", "members": 2}},
-        {"name": "diverges", "method": {"name": "single"}, "set": {"train.lr": 1.0e12}, "budget": 1},
+        {"name": "diverges", "method": {"name": "single"}, "set": {"train.max_loss": 1.0e-3}, "budget": 1},
     ]
     path = _suite(tmp_path, runs, budget=2.0)
     out = tmp_path / "out"
@@ -72,7 +72,7 @@ def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
     status = run_suite(path, out, quiet=True, say=lines.append)
     states = {k: e["state"] for k, e in status["runs"].items()}
     assert states == {"single/seed0": "done", "de2/seed0": "done", "diverges/seed0": "failed"}
-    assert "non-finite loss" in status["runs"]["diverges/seed0"]["error"]
+    assert "training diverged: exploding" in status["runs"]["diverges/seed0"]["error"]
     assert status["runs"]["single/seed0"]["epochs"] == 2 and status["runs"]["de2/seed0"]["epochs"] == 1
     single = json.loads((out / "runs/single/seed0/metrics.json").read_text())
     de = json.loads((out / "runs/de2/seed0/metrics.json").read_text())
