@@ -222,3 +222,26 @@ def image_bytes(draw) -> bytes:
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+SMALL_VALUES = st.one_of(
+    st.integers(-2, 12),
+    st.sampled_from([0.0, 0.1, 0.5, 0.99, 1.0, 2.0, 1e-9]),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["loop", "packed", "auto", "global", "layerwise", "snip", "grasp", "synflow", "magnitude"]),
+    st.sampled_from(["random", "partition", "anti_random", "sparse", "noisy", "stochastic", "blob", "official"]),
+)
+
+
+@st.composite
+def method_configs(draw) -> dict:
+    """A tiny config of a random method and backbone with 0-3 of the method's own options set to small values."""
+    raw = copy.deepcopy(BASE)
+    name = draw(st.sampled_from(METHODS.names()))
+    raw["method"]["name"] = name
+    raw["model"]["name"] = draw(st.sampled_from(["resnet8", "resnet8", "vgg11", "densenet40", "wrn16_4"]))
+    options = sorted(METHODS.get(name).Options.model_fields)
+    for _ in range(draw(st.integers(0, 3))):
+        raw["method"][draw(st.sampled_from(options))] = draw(SMALL_VALUES)
+    return raw
