@@ -279,6 +279,7 @@ def test_report_html_says_what_the_suite_is_links_runs_and_highlights_the_best(t
     assert header.count("<th>run</th>") == 1 and "<th>method</th>" not in header
     assert "<td class='best'>76.00</td>" in page  # the best accuracy
     assert "<td class='best'>0.900</td>" in page  # the best NLL
+    assert "<td class='over'>+50% !</td>" in page and page.count("class='over'") == 1  # subnet's overrun
     assert page.count("class='best'") == 3  # accuracy, NLL, gain (ECE and Brier tie everywhere: nothing to show)
     assert page.rstrip().endswith("</figure>\n</body></html>") or page.rstrip().endswith("</figure></body></html>")
     table = results_table(aggregate(collect_rows(out, json.loads((out / "suite.json").read_text()))))

@@ -45,7 +45,7 @@ CSS = (
     "h1{margin-bottom:.2em}h2{margin:1.2em 0 .4em}"
     "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
     "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-    "td.best{background:#d9f2d9;font-weight:bold}"
+    "td.best{background:#d9f2d9;font-weight:bold}td.over{background:#fbe3d6}"
     "dl.facts{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:14px}"
     "dl.facts dt{font-weight:bold}dl.facts dd{margin:0}"
     "p.note{font-size:12px;color:#555}"
@@ -216,7 +216,7 @@ def _table_html(agg, tolerance: float, out: Path, status: dict[str, Any]) -> str
             first += " " + " ".join(f"<a href='{html.escape(d)}/'>s{s}</a>" for s, d in links)
         tds = [f"<td>{first}</td>"]
         for j, c in enumerate(cells[1:], 1):
-            cls = " class='best'" if (i, j) in table.best else ""
+            cls = " class='best'" if (i, j) in table.best else " class='over'" if (i, j) in table.off_budget else ""
             tds.append(f"<td{cls}>{html.escape(c)}</td>")
         parts.append("<tr>" + "".join(tds) + "</tr>")
     parts.append("</table>")
@@ -234,7 +234,8 @@ def _html(title, info, agg, tolerance, figures, failures, out: Path, status: dic
         + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in info)
         + "</dl>",
         "<h2>Results</h2>",
-        "<p class='note'>Highlighted: the best value of each metric. Run names link to their run directories.</p>",
+        "<p class='note'>Green: the best value of each metric; orange: a run off its budget by more than the "
+        "fitting tolerance. Run names link to their run directories.</p>",
         _table_html(agg, tolerance, out, status),
     ]
     if failures:

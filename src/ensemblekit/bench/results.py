@@ -302,6 +302,8 @@ class Table:
     best: set[tuple[int, int]] = field(default_factory=set)
     flagged: list[str] = field(default_factory=list)
     """``"run (+30%)"`` for each run whose |overrun| exceeds the tolerance."""
+    off_budget: set[tuple[int, int]] = field(default_factory=set)
+    """The overrun cells of those runs."""
 
 
 def results_table(agg: list[dict[str, Any]], tolerance: float = DEFAULT_TOLERANCE) -> Table:
@@ -333,6 +335,7 @@ def results_table(agg: list[dict[str, Any]], tolerance: float = DEFAULT_TOLERANC
             if col == "overrun" and abs(value[0]) > tolerance:
                 text += " !"
                 table.flagged.append(f"{a['run']} ({100 * value[0]:+.0f}%)")
+                table.off_budget.add((i, j))
             if j in best_of and value[0] == best_of[j]:
                 table.best.add((i, j))
             cells.append(text)
