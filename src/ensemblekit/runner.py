@@ -30,6 +30,7 @@ from ensemblekit.metrics import (
     member_metrics,
     reliability_bins,
 )
+from ensemblekit.metrics.costs import inference_parameter_count
 from ensemblekit.metrics.sparse_costs import sparse_model_costs
 from ensemblekit.run_dir import (
     checkpoint_path,
@@ -117,16 +118,18 @@ def build_ensemble(cfg: Config, num_classes: int, train_size: int) -> tuple[Meth
 
 
 def describe_costs(method: Method, ensemble: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
-    """Parameters, unique parameters, inference FLOPs per image and FLOPs relative to the single backbone."""
+    """Parameters (also those used at inference), inference FLOPs per image and FLOPs relative to the single net."""
     with torch.random.fork_rng(devices=[]):
         single = method.single_backbone()
         shape = (1, *image_shape)
         single_flops = inference_flops(single, shape)
         flops = inference_flops(ensemble, shape)
+        used = inference_parameter_count(ensemble, shape)  # a stochastic forward (MC dropout) draws no global RNG
     counts = count_parameters(ensemble)
     return {
         "params": counts["params"],
         "unique_params": counts["unique_params"],
+        "inference_params": used,
         "trainable_params": counts["trainable_params"],
         "inference_flops": flops,
         "single_inference_flops": single_flops,
@@ -140,7 +143,7 @@ def model_cost_fields(costs: dict[str, Any]) -> dict[str, Any]:
 
     ``single_inference_flops`` is the unit of the ``*_vs_single`` ratios and of the epoch-equivalents.
     """
-    keys = ("params", "unique_params", "inference_flops", "inference_flops_vs_single")
+    keys = ("params", "unique_params", "inference_params", "inference_flops", "inference_flops_vs_single")
     return {
         **{k: costs[k] for k in keys},
         "single_inference_flops": costs["single_inference_flops"],
