@@ -36,19 +36,76 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+SET_HELP = (
+    "override a config field (repeatable); VALUE is parsed as YAML, e.g. --set train.epochs=5 "
+    "--set train.milestones=[5,10] --set data.name=synthetic"
+)
+
+EXAMPLES = {
+    "train": """examples:
+  ensemblekit train configs/quick/deep_ensemble.yaml --out runs/de --set method.members=2 --set train.epochs=5
+  ensemblekit train configs/quick/deep_ensemble.yaml --out runs/de --set method.members=2 --set train.epochs=5 --resume
+  ensemblekit train configs/quick/single.yaml --set data.name=synthetic --set train.epochs=1   # no data needed
+continue a finished run with more epochs (single-stage recipes; see docs/configuration.md, "Resuming"):
+  ensemblekit train CONFIG --out RUN --resume --set train.epochs=30""",
+    "evaluate": """examples:
+  ensemblekit evaluate runs/de
+  ensemblekit evaluate runs/de --corruptions all --severities 1-5
+  ensemblekit evaluate runs/de --ood cifar100         # OOD detection against another data set
+  ensemblekit evaluate runs/de6 --ood heldout         # a run trained with data.classes: its held-out classes""",
+    "describe": """examples:
+  ensemblekit describe configs/paper/cifar100_wrn28_10_deep_ensemble.yaml
+  ensemblekit describe configs/quick/fission.yaml --set method.members=4 --json""",
+    "interpolate": """example:
+  ensemblekit interpolate runs/de --members 0 1 --points 11
+BatchNorm: the running statistics of an interpolated network belong to neither end, so every point is
+evaluated with BatchNorm in train mode (batch statistics of the evaluation batches), as in MixtureEnsembles
+(Savarese & Maire, 2019, section 5.3); the ends therefore differ slightly from the members' own accuracy.""",
+    "grow": """example:
+  ensemblekit grow runs/subnet --children 2   # anti_random children come in pairs: K must be even""",
+    "compare": """example:
+  ensemblekit compare runs/single runs/de""",
+    "bench": """examples:
+  ensemblekit bench configs/suites/quick.yaml --out runs/quick
+  ensemblekit bench configs/suites/quick.yaml --out runs/quick --resume --only deep_ensemble""",
+    "report": """example:
+  ensemblekit report runs/quick""",
+    "list": """examples:
+  ensemblekit list methods
+  ensemblekit list models      # with parameter counts (10 classes)""",
+    "data": """examples:
+  ensemblekit data check
+  ensemblekit data check --root ~/datasets""",
+}
+
+
+def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose help ends with examples."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=EXAMPLES.get(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
+    from ensemblekit import __version__
+
     p = _Parser(prog="ensemblekit", description="Low-cost deep ensembles: train, evaluate, compare.")
+    p.add_argument("--version", action="version", version=f"ensemblekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train and evaluate a run")
+    t = _add(sub, "train", "train and evaluate a run")
     t.add_argument("config", help="YAML config")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     t.add_argument("--out", help="run directory (default runs/<method>-<model>-<data>-<n>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
-    e = sub.add_parser("evaluate", help="evaluate a finished run; writes eval.json")
+    e = _add(sub, "evaluate", "evaluate a finished run; writes eval.json")
     e.add_argument("run_dir")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -56,26 +113,26 @@ def _parser() -> argparse.ArgumentParser:
 
     add_evaluate_arguments(e)
 
-    d = sub.add_parser("describe", help="build the ensemble and print its parameters and FLOPs")
+    d = _add(sub, "describe", "build the ensemble and print its parameters and FLOPs")
     d.add_argument("config")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--json", action="store_true")
 
-    ip = sub.add_parser("interpolate", help="accuracy along the line between two members' parameters")
+    ip = _add(sub, "interpolate", "accuracy along the line between two members' parameters")
     ip.add_argument("run_dir")
     ip.add_argument("--members", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
     ip.add_argument("--points", type=int, default=11)
     ip.add_argument("--split", choices=["test", "val"], default="test")
 
-    g = sub.add_parser("grow", help="add K tuned children to a finished subnetwork run (existing ones unchanged)")
+    g = _add(sub, "grow", "add K tuned children to a finished subnetwork run (existing ones unchanged)")
     g.add_argument("run_dir")
     g.add_argument("--children", type=int, required=True, metavar="K")
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
-    c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
+    c = _add(sub, "compare", "print a comparison table of finished runs (from their metrics.json)")
     c.add_argument("run_dirs", nargs="+")
 
-    b = sub.add_parser("bench", help="run a benchmark suite at equal training budget; write results and report")
+    b = _add(sub, "bench", "run a benchmark suite at equal training budget; write results and report")
     b.add_argument("suite", help="suite YAML (see configs/suites/)")
     b.add_argument("--out", required=True, help="output directory of the suite")
     b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
@@ -83,13 +140,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the suite's)")
     b.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
 
-    r = sub.add_parser("report", help="write results.md, plots and report.html of a suite's output directory")
+    r = _add(sub, "report", "write results.md, plots and report.html of a suite's output directory")
     r.add_argument("out", help="output directory of ensemblekit bench")
 
-    li = sub.add_parser("list", help="list registered models, methods or data sets")
+    li = _add(sub, "list", "list registered models, methods or data sets")
     li.add_argument("what", choices=["models", "methods", "datasets"])
 
-    da = sub.add_parser("data", help="data utilities")
+    da = _add(sub, "data", "data utilities")
     da.add_argument("action", choices=["check"])
     da.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
     return p
@@ -256,9 +313,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
-        from ensemblekit.models import list_models
-
-        names = list_models()
+        names = _model_lines()
     elif args.what == "methods":
         from ensemblekit.methods import METHODS
 
@@ -271,13 +326,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_lines() -> list[str]:
+    """One line per registered model: its name and parameter count for 10 classes (built on the meta device)."""
+    import torch
+
+    from ensemblekit.metrics import count_parameters
+    from ensemblekit.models import create_model, list_models
+
+    lines = []
+    for name in list_models():
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            params = count_parameters(create_model(name, num_classes=10))["unique_params"]
+        lines.append(f"{name:18s} {params / 1e6:7.2f}M params ({params:,}; 10 classes)")
+    return lines
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from ensemblekit.data import check_data
 
     for entry in check_data(args.root):
         found = entry.get("found")
         line = f"{entry['dataset']:10s} "
-        if found:
+        if entry.get("format") == "generated":
+            line += (
+                f"built in (generated from its seed on demand, no files): {entry.get('train_images')} train / "
+                f"{entry.get('test_images')} test images, {entry.get('classes')} classes"
+            )
+        elif found:
             line += (
                 f"found ({entry.get('format')}) at {entry.get('location')}: "
                 f"{entry.get('train_images')} train / {entry.get('test_images')} test, checksum {entry.get('checksum')}"
