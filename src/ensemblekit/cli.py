@@ -188,23 +188,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     if not args.quiet:
-        m, c = record["metrics"], record["costs"]
-        print(f"run directory: {out}")
-        print(
-            _table(
-                [
-                    ("accuracy", m["accuracy"]),
-                    ("nll", m["nll"]),
-                    ("ece", m["ece"]),
-                    ("disagreement", m["disagreement"]),
-                    ("params", c["params"]),
-                    ("inference_flops_vs_single", c["inference_flops_vs_single"]),
-                    ("train_epoch_equivalents", c["train_epoch_equivalents"]),
-                    ("train_seconds", c["train_seconds"]),
-                ]
-            )
-        )
+        print(train_summary(record, out))
     return 0
+
+
+def train_summary(record: dict[str, Any], out: Path) -> str:
+    """The end of ``train``: ensemble beside member accuracy and NLL, the costs, and where the results are."""
+    m, c = record["metrics"], record["costs"]
+    members = record.get("members") or []
+    lines = ["", f"{'':12s} {'accuracy':>9s} {'nll':>8s}", f"{'ensemble':12s} {m['accuracy']:9.4f} {m['nll']:8.4f}"]
+    if len(members) > 1:
+        lines.append(f"{'member mean':12s} {m['member_accuracy_mean']:9.4f} {m['member_nll_mean']:8.4f}")
+        for i, member in enumerate(members[:8]):
+            lines.append(f"{f'member {i}':12s} {member['accuracy']:9.4f} {member['nll']:8.4f}")
+        if len(members) > 8:
+            lines.append(f"... {len(members) - 8} more members in metrics.json")
+        gain = m["accuracy"] - m["member_accuracy_mean"]
+        lines.append(f"ensemble gain over the mean member: {gain * 100:+.2f} points of accuracy")
+    lines.append("")
+    lines.append(
+        _table(
+            [
+                ("ece", m["ece"]),
+                ("disagreement", m["disagreement"]),
+                ("params", c["params"]),
+                ("inference_flops_vs_single", c["inference_flops_vs_single"]),
+                ("train_epoch_equivalents", c["train_epoch_equivalents"]),
+                ("train_seconds", c["train_seconds"]),
+            ]
+        )
+    )
+    lines += ["", f"run directory: {out}", f"metrics: {out / 'metrics.json'} (ensemblekit compare {out} for a table)"]
+    return "\n".join(lines)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
