@@ -81,18 +81,25 @@ def check_resume_config(run_dir: Path, saved: Config, cfg: Config, stages: list)
             "without changes (only runtime.* may change, and train.epochs may grow for some recipes)"
         )
     old, new = saved.train.epochs, cfg.train.epochs
+    cannot = f"cannot continue {run_dir} from {old} to {new} epochs"
     alternative = f"start a new run with --set train.epochs={new} instead"
-    if cfg.train.schedule not in LENGTH_FREE_SCHEDULES:
-        raise UserError(
-            f"cannot continue {run_dir} from {old} to {new} epochs: its {cfg.train.schedule} schedule depends on the "
-            f"run's length (it has already decayed to the end of {old} epochs), so the result would not be the "
-            f"{new}-epoch run; only constant and step schedules can be extended; {alternative}"
-        )
     if len(stages) != 1 or stages[0].epochs != new:
         raise UserError(
-            f"cannot continue {run_dir} from {old} to {new} epochs: {cfg.method.name}'s recipe has "
-            f"{len(stages)} stage(s) ({', '.join(s.name for s in stages)}), and only a recipe of one stage trained "
-            f"for train.epochs can be extended; {alternative}"
+            f"{cannot}: {cfg.method.name}'s recipe has {len(stages)} stage(s) ({', '.join(s.name for s in stages)}), "
+            f"and only a recipe of one stage trained for train.epochs can be extended; {alternative}"
+        )
+    stage = stages[0]
+    schedule = stage.schedule.name  # the stage's own (a method may replace train.schedule, e.g. snapshot's cycles)
+    if schedule not in LENGTH_FREE_SCHEDULES:
+        raise UserError(
+            f"{cannot}: its {schedule} schedule depends on the run's length (it has already decayed to the end of "
+            f"{old} epochs), so the result would not be the {new}-epoch run; only constant and step schedules can "
+            f"be extended; {alternative}"
+        )
+    if stage.hooks.at_end or stage.hooks.after_epoch:
+        raise UserError(
+            f"{cannot}: {cfg.method.name} acts at the end of its epochs or stage (snapshots, statistics), which a "
+            f"longer run would have done at other times; {alternative}"
         )
     return True
 

@@ -73,3 +73,12 @@ def test_resuming_a_finished_run_says_it_only_re_evaluates(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "all 2 stage(s) had finished: re-evaluating" in printed
     assert "3/2" not in printed
+
+
+def test_more_epochs_check_the_stage_s_own_schedule_not_train_schedule(tmp_path):
+    """Snapshot replaces train.schedule by its cyclic cosine: a constant train.schedule does not make it extendable."""
+    method = {"name": "snapshot", "members": 1}
+    out = tmp_path / "run"
+    train(_cfg(method=method, train={"epochs": 1, "schedule": "constant"}), out, quiet=True)
+    with pytest.raises(UserError, match="cyclic_cosine schedule depends on the run's length"):
+        train(_cfg(method=method, train={"epochs": 2, "schedule": "constant"}), out, resume=True, quiet=True)
