@@ -79,15 +79,17 @@ evaluated with BatchNorm in train mode (batch statistics of the evaluation batch
 }
 
 
-def _add(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    """A subcommand parser whose help ends with examples."""
-    return sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=EXAMPLES.get(name),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_examples(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """End every subcommand's help with its examples (``EXAMPLES``); its one-line help becomes its description."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, command in sub.choices.items():
+        if name in EXAMPLES:
+            command.epilog = EXAMPLES[name]
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
+        if command.description is None:
+            command.description = helps.get(name)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ensemblekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = _add(sub, "train", "train and evaluate a run")
+    t = sub.add_parser("train", help="train and evaluate a run")
     t.add_argument("config", help="YAML config")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     t.add_argument("--out", help="run directory (default runs/<method>-<model>-<data>-<n>)")
@@ -105,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
-    e = _add(sub, "evaluate", "evaluate a finished run; writes eval.json")
+    e = sub.add_parser("evaluate", help="evaluate a finished run; writes eval.json")
     e.add_argument("run_dir")
     e.add_argument("--split", choices=["test", "val"], default="test")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -113,26 +115,26 @@ def _parser() -> argparse.ArgumentParser:
 
     add_evaluate_arguments(e)
 
-    d = _add(sub, "describe", "build the ensemble and print its parameters and FLOPs")
+    d = sub.add_parser("describe", help="build the ensemble and print its parameters and FLOPs")
     d.add_argument("config")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--json", action="store_true")
 
-    ip = _add(sub, "interpolate", "accuracy along the line between two members' parameters")
+    ip = sub.add_parser("interpolate", help="accuracy along the line between two members' parameters")
     ip.add_argument("run_dir")
     ip.add_argument("--members", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
     ip.add_argument("--points", type=int, default=11)
     ip.add_argument("--split", choices=["test", "val"], default="test")
 
-    g = _add(sub, "grow", "add K tuned children to a finished subnetwork run (existing ones unchanged)")
+    g = sub.add_parser("grow", help="add K tuned children to a finished subnetwork run (existing ones unchanged)")
     g.add_argument("run_dir")
-    g.add_argument("--children", type=int, required=True, metavar="K")
+    g.add_argument("--children", type=int, required=True, metavar="K", help="children to add (anti-random: even)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
-    c = _add(sub, "compare", "print a comparison table of finished runs (from their metrics.json)")
+    c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
     c.add_argument("run_dirs", nargs="+")
 
-    b = _add(sub, "bench", "run a benchmark suite at equal training budget; write results and report")
+    b = sub.add_parser("bench", help="run a benchmark suite at equal training budget; write results and report")
     b.add_argument("suite", help="suite YAML (see configs/suites/)")
     b.add_argument("--out", required=True, help="output directory of the suite")
     b.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones")
@@ -140,13 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the suite's)")
     b.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
 
-    r = _add(sub, "report", "write results.md, plots and report.html of a suite's output directory")
+    r = sub.add_parser("report", help="write results.md, plots and report.html of a suite's output directory")
     r.add_argument("out", help="output directory of ensemblekit bench")
 
-    li = _add(sub, "list", "list registered models, methods or data sets")
+    li = sub.add_parser("list", help="list registered models, methods or data sets")
     li.add_argument("what", choices=["models", "methods", "datasets"])
 
-    da = _add(sub, "data", "data utilities")
+    da = sub.add_parser("data", help="data utilities")
     da.add_argument("action", choices=["check"])
     da.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
     return p
@@ -287,6 +289,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     m, c = record["metrics"], record["costs"]
     rows = [("members", record["num_members"]), ("accuracy", m["accuracy"]), ("nll", m["nll"]), ("ece", m["ece"])]
     print(_table([*rows, ("train_epoch_equivalents", c["train_epoch_equivalents"])]))
+    print(f"metrics: {Path(args.run_dir) / 'metrics.json'}")
     return 0
 
 
@@ -395,7 +398,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ensemblekit`` command; returns the exit code."""
     try:
-        args = _parser().parse_args(argv)
+        args = _add_examples(_parser()).parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as exc:
         _print_error(f"error: {exc}")
