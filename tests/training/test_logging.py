@@ -127,3 +127,19 @@ def test_train_summary_puts_members_beside_the_ensemble_and_names_metrics_json(t
     assert "+5.00 points" in text
     assert f"metrics: {tmp_path / 'run' / 'metrics.json'}" in text
     json.dumps(record)
+
+
+def test_resume_drops_the_steps_logged_after_the_checkpoint_and_a_torn_row(tmp_path):
+    from ensemblekit.training.logs import RunLogger
+
+    logger = RunLogger(tmp_path)
+    for g in range(1, 9):
+        logger.step(
+            {"stage": "train", "epoch": 1 + (g > 4), "step": (g - 1) % 4 + 1, "global_step": g, "loss": 1.0, "lr": 0.1}
+        )
+    with (tmp_path / "steps.csv").open("a") as f:
+        f.write("train,2,")  # a kill while appending
+    assert logger.truncate_steps_after(4) == 5
+    rows = list(csv.DictReader((tmp_path / "steps.csv").open()))
+    assert [int(r["global_step"]) for r in rows] == [1, 2, 3, 4]
+    assert (tmp_path / "steps.csv").read_text().endswith("\n")
