@@ -20,6 +20,7 @@ so the continued run picks up the momentum buffers and step count where the last
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,14 @@ def describe_differences(diffs: dict[str, tuple[Any, Any]], limit: int = 4) -> s
     return ", ".join(parts) + more
 
 
-def check_resume_config(run_dir: Path, saved: Config, cfg: Config, stages: list) -> bool:
+def check_resume_config(run_dir: Path, saved: Config, cfg: Config, recipe: Callable[[], list]) -> bool:
     """Refuse a resume whose config differs from the run's own, naming the fields; allow ``train.epochs`` to grow.
 
     Args:
         run_dir: The run directory.
         saved: The run's ``config.yaml``.
         cfg: The config given to ``--resume``.
-        stages: ``cfg``'s recipe (the method's stages for the new config).
+        recipe: Builds ``cfg``'s stages (called only when ``train.epochs`` grew).
 
     Returns:
         Whether the run is being extended (``train.epochs`` grew).
@@ -81,6 +82,7 @@ def check_resume_config(run_dir: Path, saved: Config, cfg: Config, stages: list)
             "without changes (only runtime.* may change, and train.epochs may grow for some recipes)"
         )
     old, new = saved.train.epochs, cfg.train.epochs
+    stages = recipe()
     cannot = f"cannot continue {run_dir} from {old} to {new} epochs"
     alternative = f"start a new run with --set train.epochs={new} instead"
     if len(stages) != 1 or stages[0].epochs != new:

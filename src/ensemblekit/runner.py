@@ -366,7 +366,7 @@ def train(
                 has_checkpoint = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
                 if resume:
                     saved = read_run_config(run_dir)
-                    extend = check_resume_config(run_dir, saved, cfg, method.recipe(ensemble))
+                    extend = check_resume_config(run_dir, saved, cfg, lambda: method.recipe(ensemble))
                     if has_checkpoint:
                         load_checkpoint(checkpoint_path(run_dir))  # a corrupt checkpoint is refused before any write
                     if extend:
