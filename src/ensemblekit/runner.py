@@ -180,10 +180,14 @@ def make_engine(
         augment=cfg.data.augment,
         cost_meter=TrainCostMeter(costs["single_inference_flops"], len(data.train.labels)),
         run_dir=run_dir,
-        progress=Progress(progress),
+        progress=Progress(
+            progress, every_seconds=cfg.runtime.progress_every_seconds, every_steps=cfg.runtime.progress_every_steps
+        ),
         max_steps_per_epoch=cfg.train.max_steps_per_epoch,
         channels_last=channels_last,
         max_loss=cfg.train.max_loss,
+        logger=cfg.runtime.logger,
+        log_every_steps=cfg.runtime.log_every_steps,
     )
 
 
@@ -326,9 +330,10 @@ def load_model_into(path: Path, ensemble: nn.Module, cfg: Config | None = None) 
 
 
 def _same_run(a: Config, b: Config) -> bool:
-    da, db = config_to_dict(a), config_to_dict(b)
-    da.pop("runtime"), db.pop("runtime")
-    return da == db
+    """Whether two configs describe the same run (``runtime`` and ``meta`` aside)."""
+    from ensemblekit.run_extend import config_differences
+
+    return not config_differences(a, b)
 
 
 def train(
@@ -343,8 +348,13 @@ def train(
     """Train and evaluate a run in ``out``; return what was written to ``metrics.json``.
 
     With ``resume`` the run continues from ``out/checkpoints/last.pt`` with the run's own config (a different
-    config is refused).
+    config is refused, naming the fields that differ); a finished single-stage run with a constant or step
+    schedule may be continued with a larger ``train.epochs`` (:mod:`ensemblekit.run_extend`).
     """
+    from ensemblekit.run_extend import check_resume_config, mark_stale, rewind_finished_checkpoint
+    from ensemblekit.training.logs import check_logger_available
+
+    check_logger_available(cfg.runtime.logger)
     run_dir = Path(out)
     fabric = make_fabric(cfg)
     data = load_run_data(cfg)  # missing data is refused before anything is written
@@ -359,12 +369,11 @@ def train(
                 has_checkpoint = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
                 if resume:
                     saved = read_run_config(run_dir)
-                    if not _same_run(saved, cfg):
-                        raise UserError(
-                            f"the config differs from the one {run_dir} was started with; resume without changes"
-                        )
+                    extend = check_resume_config(run_dir, saved, cfg, lambda: method.recipe(ensemble))
                     if has_checkpoint:
                         load_checkpoint(checkpoint_path(run_dir))  # a corrupt checkpoint is refused before any write
+                    if extend:
+                        _extend_run(run_dir, saved, cfg, has_checkpoint, mark_stale, rewind_finished_checkpoint)
                 else:
                     write_run_config(run_dir, cfg)
             except UserError as exc:
@@ -374,6 +383,17 @@ def train(
         if error is not None:
             raise UserError(error)
         return _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpoint, quiet, progress)
+
+
+def _extend_run(run_dir: Path, saved: Config, cfg: Config, has_checkpoint: bool, mark_stale, rewind) -> None:
+    """Prepare a run whose ``train.epochs`` grew: rewind its final checkpoint, record the new config."""
+    from ensemblekit.training.logs import RunLogger
+
+    if has_checkpoint:
+        rewind(checkpoint_path(run_dir), saved.train.epochs)
+    write_run_config(run_dir, cfg)
+    stale = mark_stale(run_dir, f"computed before train.epochs grew from {saved.train.epochs} to {cfg.train.epochs}")
+    RunLogger(run_dir).event("extend", epochs_from=saved.train.epochs, epochs_to=cfg.train.epochs, stale=stale)
 
 
 def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpoint, quiet, progress) -> dict:

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from ensemblekit.errors import ChecksumError, UserError
+from ensemblekit.training.checkpoint import umask_mode
 
 _CHUNK = 1 << 20
 
@@ -69,6 +70,7 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path
                 f"checksum mismatch for {dest.name} downloaded from {url}: expected MD5 {md5}, "
                 f"got {digest.hexdigest()}; the download was not kept"
             )
+        os.chmod(tmp, umask_mode())  # mkstemp made it 0o600: the umask decides, as for open
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
         raise UserError(f"could not download {url} to {dest}: {e}") from None
