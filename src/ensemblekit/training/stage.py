@@ -44,6 +44,12 @@ class ScheduleSpec:
     snapshot cycles: ``cycles`` restarts), ``flat_linear`` (the SWA/FGE schedule used by NFE and Prune-and-Tune:
     lr for the first half, linear to ``final_ratio``·lr at 90 %, then flat; computed per epoch), plus a linear
     warm-up of ``warmup_epochs`` in front of any of them except ``onecycle``.
+
+    ``course_epochs``: the length of the course in which ``milestones`` and ``warmup_epochs`` are given. A stage of
+    E epochs runs the whole course: epoch x of the course is epoch x·E/``course_epochs`` of the stage (a stage
+    built from the ``train`` section has ``course_epochs = train.epochs``, so a 40-epoch MotherNets member stage
+    of a 200-epoch course with milestones [60, 120, 160] decays at epochs 12, 24 and 32). ``None``: the stage's
+    own epochs (no scaling). The other schedules are laid out over the stage's steps anyway.
     """
 
     name: str = "cosine"
@@ -56,6 +62,7 @@ class ScheduleSpec:
     pct_start: float = 0.1
     div_factor: float = 100.0
     final_div_factor: float = 1.0e4
+    course_epochs: float | None = None
 
 
 @dataclass
@@ -151,6 +158,7 @@ def schedule_from_train(train: TrainConfig) -> ScheduleSpec:
         warmup_epochs=train.warmup_epochs,
         cycles=train.cycles,
         min_lr=train.min_lr,
+        course_epochs=train.epochs,
     )
 
 
