@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ensemblekit.config import TrainConfig
+from ensemblekit.training.stopping import StopSpec
 
 
 @dataclass
@@ -100,7 +101,7 @@ ParamGroupsFn = Callable[[nn.Module], list[dict[str, Any]]]
 
 @dataclass
 class Stage:
-    """One stage of a recipe: train ``module`` for ``epochs`` epochs.
+    """One stage of a recipe: train ``module`` for ``epochs`` epochs (at most, with ``stop``).
 
     Args:
         name: Unique within the recipe (e.g. ``member_0``, ``parent``, ``mothernet``); shown and logged.
@@ -118,6 +119,9 @@ class Stage:
         label_smoothing: Label smoothing of the default loss.
         grad_clip: Optional max gradient norm.
         flops_per_image: Training forward FLOPs per image; measured by the engine when None.
+        stop: Optional plateau stopping (:class:`~ensemblekit.training.stopping.StopSpec`): ``epochs`` is then a
+            cap, and the stage ends once the validation metric has not improved for ``patience`` epochs. The
+            schedule is laid out over the cap.
     """
 
     name: str
@@ -135,6 +139,7 @@ class Stage:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     flops_per_image: float | None = None
+    stop: StopSpec | None = None
 
 
 def optim_from_train(train: TrainConfig) -> OptimSpec:
