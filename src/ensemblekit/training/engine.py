@@ -34,6 +34,7 @@ from ensemblekit.training.losses import member_cross_entropy
 from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups
 from ensemblekit.training.progress import Progress
 from ensemblekit.training.stage import Stage, StageContext
+from ensemblekit.training.stopping import PlateauStopper
 
 CHECKPOINT_FORMAT = 1
 
@@ -160,6 +161,7 @@ class Engine:
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
         self.check_loss_every_step = checks_loss_every_step(fabric.device)
+        self.stopper: PlateauStopper | None = None  # the running stage's plateau stopping, when it has one
 
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupted:  # a second Ctrl-C stops at once
@@ -192,6 +194,7 @@ class Engine:
             "cost_meter": self.cost_meter.state_dict(),
             "epoch_accumulators": acc,
             "global_step": self.global_step,
+            "stop": self.stopper.state_dict() if self.stopper is not None else None,
         }
 
     def save(self, stage_index: int, epoch: int, step: int = 0, opt=None, sched=None, acc=None) -> None:
@@ -310,6 +313,9 @@ class Engine:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
+        stopping = [s.name for s in stages if s.stop is not None]
+        if stopping and self.data.val is None:
+            raise UserError(f"plateau stopping (stage {stopping[0]!r}) needs a validation split: set data.val_size > 0")
         start_stage, start_epoch, start_step, saved = 0, 0, 0, None
         if resume_from is not None:
             saved = self.load(resume_from)
@@ -334,6 +340,7 @@ class Engine:
                 resume = saved if index == start_stage and saved is not None else None
                 first_epoch, first_step = (start_epoch, start_step) if resume else (0, 0)
                 finished = self._run_stage(index, stages[index], resume, first_epoch, first_step)
+                self.stopper = None
                 self.save(index + 1, 0, 0, *finished)
         finally:
             self.logger.close()
@@ -359,6 +366,9 @@ class Engine:
             stage=stage, stage_index=index, ensemble=self.modules["ensemble"], module=module, engine=self
         )
         self.cost_meter.start_stage(stage.name)
+        self.stopper = PlateauStopper(stage.stop) if stage.stop is not None else None
+        if self.stopper is not None and saved is not None and saved.get("stop") is not None:
+            self.stopper.load_state_dict(saved["stop"])
         self.logger.event("stage_start", stage=stage.name, index=index, epochs=stage.epochs, start_epoch=start_epoch)
         if stage.epochs > 0 and start_epoch < stage.epochs:
             loader = self.train_loader(stage)
@@ -384,12 +394,15 @@ class Engine:
             )
             try:
                 for epoch in range(start_epoch, stage.epochs):
+                    if self.stopper is not None and self.stopper.stopped:
+                        break
                     acc = saved.get("epoch_accumulators", {}) if (saved and epoch == start_epoch) else {}
                     first = start_step if epoch == start_epoch else 0
                     self._run_epoch(ctx, wrapped, optimizer, scheduler, loader, epoch, steps, first, acc)
             finally:
                 self.progress.end_stage()
-        ctx.epoch = stage.epochs
+        stopped = self.stopper is not None and self.stopper.stopped
+        ctx.epoch = self.stopper.epochs_run if stopped else stage.epochs
         self.sync_buffers()
         for hook in stage.hooks.at_end:
             hook(ctx)
@@ -480,6 +493,10 @@ class Engine:
             val = ensemble_metrics(probs, labels, combine=getattr(stage.module, "combine", "probs"))
             stats.update(val_accuracy=val["accuracy"], val_nll=val["nll"])
         ctx.loss = stats["loss"]
+        if self.stopper is not None and self.stopper.update(stats, epoch + 1):
+            best = {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch}
+            self.logger.event("plateau_stop", stage=stage.name, epoch=epoch + 1, monitor=stage.stop.monitor, **best)
+            self.progress.message(f"{stage.name}: {stage.stop.monitor} on a plateau, stopping after epoch {epoch + 1}")
         for hook in stage.hooks.after_epoch:
             hook(ctx)
         self.progress.end_epoch(epoch, stats)
