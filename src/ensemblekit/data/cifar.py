@@ -82,7 +82,9 @@ def read_checksums(path: Path) -> dict[str, str]:
             continue
         match = _SUM_LINE.fullmatch(line.strip())
         if match is None:
-            raise UserError(f"{CHECKSUMS_ENV}: {path} line {number}: expected '<md5>  <file>', got {line[:60]!r}")
+            raise UserError(
+                f"{CHECKSUMS_ENV}: {path} line {number}: expected '<md5> <file>' (md5sum format), got {line[:60]!r}"
+            )
         key = match.group(2).strip().removeprefix("./")
         if key not in MD5:
             raise UserError(f"{CHECKSUMS_ENV}: {path} line {number}: {key!r} is not a CIFAR file (see docs/data.md)")
