@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -55,6 +56,9 @@ def test_data_get_downloads_verifies_and_extracts(tmp_path, mirror, capsys):
     assert archive.read_bytes() == (mirror["served"] / "cifar-10-python.tar.gz").read_bytes()
     assert sorted(p.name for p in folder.iterdir()) == sorted(cifar.CIFAR10.files)
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert archive.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would make it, not 0o600
     size = archive.stat().st_size / 2**20
     assert f"downloading cifar-10-python.tar.gz ({size:.1f} MiB)" in captured.err  # progress goes to stderr
     assert f"cifar-10-python.tar.gz: {size:.1f} MiB in 0:00 (" in captured.err and "MiB/s)" in captured.err

@@ -55,6 +55,12 @@ class DownloadError(UserError):
         self.url, self.reason = url, reason
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
@@ -110,6 +116,7 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0, progres
                 f"checksum mismatch for {dest.name} downloaded from {url}: expected MD5 {md5}, "
                 f"got {digest.hexdigest()}; the download was not kept"
             )
+        os.chmod(tmp, 0o666 & ~_umask())  # what a plain open() would give, not mkstemp's 0o600
         os.replace(tmp, dest)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         raise DownloadError(url, dest, _reason(e)) from None
