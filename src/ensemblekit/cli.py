@@ -13,6 +13,7 @@ Commands::
     ensemblekit report DIR
     ensemblekit list models|methods|datasets
     ensemblekit data check [--root DIR]
+    ensemblekit data get cifar10|cifar100 [--root DIR] [--quiet]
 
 Every error a user can cause ends with one line on stderr and exit code 2.
 """
@@ -149,8 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("what", choices=["models", "methods", "datasets"])
 
     da = sub.add_parser("data", help="data utilities")
-    da.add_argument("action", choices=["check"])
-    da.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    da_sub = da.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    dc = da_sub.add_parser("check", help="report where each data set is found and whether its checksums match")
+    dc.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    dg = da_sub.add_parser("get", help="download (if missing) and verify a data set, without training")
+    dg.add_argument("dataset", choices=["cifar10", "cifar100"])
+    dg.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    dg.add_argument("--quiet", action="store_true", help="no download progress")
     return p
 
 
@@ -360,6 +366,11 @@ def _model_lines() -> list[str]:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "get":
+        from ensemblekit.data.get import get_dataset, report_lines
+
+        print("\n".join(report_lines(get_dataset(args.dataset, args.root, progress="quiet" if args.quiet else "auto"))))
+        return 0
     from ensemblekit.data import check_data
 
     for entry in check_data(args.root):

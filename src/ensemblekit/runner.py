@@ -85,8 +85,8 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cpu")
 
 
-def load_run_data(cfg: Config) -> DataBundle:
-    """The data bundle the config describes."""
+def load_run_data(cfg: Config, quiet: bool = False) -> DataBundle:
+    """The data bundle the config describes (``quiet``: no download progress on stderr)."""
     d = cfg.data
     return load_data(
         d.name,
@@ -97,6 +97,7 @@ def load_run_data(cfg: Config) -> DataBundle:
         seed=d.seed,
         download=d.download,
         classes=d.classes,
+        progress="quiet" if quiet else "auto",
     )
 
 
@@ -357,7 +358,7 @@ def train(
     check_logger_available(cfg.runtime.logger)
     run_dir = Path(out)
     fabric = make_fabric(cfg)
-    data = load_run_data(cfg)  # missing data is refused before anything is written
+    data = load_run_data(cfg, quiet)  # missing data is refused before anything is written
     method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))  # so is an unbuildable model
     with contextlib.ExitStack() as held:
         error, has_checkpoint = None, False

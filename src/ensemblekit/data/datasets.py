@@ -40,6 +40,7 @@ class LoadRequest:
     test_size: int | None
     val_size: int
     classes: tuple[int, ...] | None = None
+    progress: str = "auto"
 
 
 @dataclass
@@ -55,7 +56,9 @@ class RawData:
 
 def _cifar(spec: CifarSpec, request: LoadRequest) -> RawData:
     root = resolve_root(request.root)
-    train, test, source = load_cifar(spec, root, download=request.download, cache_dir=request.cache_dir)
+    train, test, source = load_cifar(
+        spec, root, download=request.download, cache_dir=request.cache_dir, progress=request.progress
+    )
     return RawData(train, test, source, spec.mean, spec.std)
 
 
@@ -120,6 +123,7 @@ def load_data(
     download: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     classes: list[int] | None = None,
+    progress: str = "auto",
 ) -> DataBundle:
     """Load a registered data set and split it.
 
@@ -142,6 +146,8 @@ def load_data(
         cache_dir: Decode-cache folder (default :func:`~ensemblekit.data.paths.resolve_cache_dir`).
         classes: Keep only these classes (before any split), labels remapped so that ``classes[j]``
             becomes ``j`` (see :mod:`ensemblekit.data.classes`); ``None`` keeps all.
+        progress: Download progress on stderr: ``"auto"`` (a bar on a terminal, plain lines otherwise),
+            ``"bar"``, ``"plain"`` or ``"quiet"``.
 
     Returns:
         The :class:`DataBundle`.
@@ -151,7 +157,14 @@ def load_data(
     """
     loader = DATASETS.get(name)
     request = LoadRequest(
-        root, download, resolve_cache_dir(cache_dir), train_size, test_size, val_size, tuple(classes or ()) or None
+        root,
+        download,
+        resolve_cache_dir(cache_dir),
+        train_size,
+        test_size,
+        val_size,
+        tuple(classes or ()) or None,
+        progress,
     )
     raw = loader(request)
     if classes is not None:
