@@ -1,6 +1,7 @@
 # ensemblekit: two set-up commands, both from a fresh clone.
 #   make demo   creates .venv, installs, trains a single model and a 4-member deep ensemble on a CIFAR-10
-#               subset and prints their comparison table (about 5 minutes on 2 CPU cores)
+#               subset and prints their comparison table (about 5 minutes on 2 CPU cores); without a copy of
+#               CIFAR-10 it first downloads the official archive (163 MiB) into ./data
 #   make test   creates .venv, installs, runs ruff and pytest
 
 PYTHON ?= python3
@@ -9,6 +10,7 @@ BIN := $(VENV)/bin
 RUNS ?= runs/demo
 
 # The demo finds CIFAR-10 through ENSEMBLEKIT_DATA; use the shared copy beside the checkout when it exists.
+# Without either, the demo configs (data.download: true) fetch it into ./data on the first run.
 ifneq ($(wildcard ../shared/data),)
 export ENSEMBLEKIT_DATA ?= $(abspath ../shared/data)
 endif

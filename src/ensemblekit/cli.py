@@ -15,6 +15,7 @@ Commands::
     ensemblekit data check [--root DIR]
     ensemblekit predict RUN_DIR IMAGE_OR_DIR... [--out preds.csv] [--device cpu|cuda]
     ensemblekit export RUN_DIR --format torchscript|onnx|safetensors --out FILE
+    ensemblekit data get cifar10|cifar100 [--root DIR] [--quiet]
 
 Every error a user can cause ends with one line on stderr and exit code 2.
 """
@@ -38,13 +39,72 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+SET_HELP = (
+    "override a config field (repeatable); VALUE is parsed as YAML, e.g. --set train.epochs=5 "
+    "--set train.milestones=[5,10] --set data.name=synthetic"
+)
+
+EXAMPLES = {
+    "train": """examples:
+  ensemblekit train configs/quick/deep_ensemble.yaml --out runs/de --set method.members=2 --set train.epochs=5
+  ensemblekit train configs/quick/deep_ensemble.yaml --out runs/de --set method.members=2 --set train.epochs=5 --resume
+  ensemblekit train configs/quick/single.yaml --set data.name=synthetic --set train.epochs=1   # no data needed
+continue a finished run with more epochs (single-stage recipes; see docs/configuration.md, "Resuming"):
+  ensemblekit train CONFIG --out RUN --resume --set train.epochs=30""",
+    "evaluate": """examples:
+  ensemblekit evaluate runs/de
+  ensemblekit evaluate runs/de --corruptions all --severities 1-5
+  ensemblekit evaluate runs/de --ood cifar100         # OOD detection against another data set
+  ensemblekit evaluate runs/de6 --ood heldout         # a run trained with data.classes: its held-out classes""",
+    "describe": """examples:
+  ensemblekit describe configs/paper/cifar100_wrn28_10_deep_ensemble.yaml
+  ensemblekit describe configs/quick/fission.yaml --set method.members=4 --json""",
+    "interpolate": """example:
+  ensemblekit interpolate runs/de --members 0 1 --points 11
+BatchNorm: the running statistics of an interpolated network belong to neither end, so every point is
+evaluated with BatchNorm in train mode (batch statistics of the evaluation batches), as in MixtureEnsembles
+(Savarese & Maire, 2019, section 5.3); the ends therefore differ slightly from the members' own accuracy.""",
+    "grow": """example:
+  ensemblekit grow runs/subnet --children 2   # anti_random children come in pairs: K must be even""",
+    "compare": """example:
+  ensemblekit compare runs/single runs/de""",
+    "bench": """examples:
+  ensemblekit bench configs/suites/quick.yaml --out runs/quick
+  ensemblekit bench configs/suites/quick.yaml --out runs/quick --resume --only deep_ensemble""",
+    "report": """example:
+  ensemblekit report runs/quick""",
+    "list": """examples:
+  ensemblekit list methods
+  ensemblekit list models      # with parameter counts (10 classes)""",
+    "data": """examples:
+  ensemblekit data check
+  ensemblekit data check --root ~/datasets""",
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """End every subcommand's help with its examples (``EXAMPLES``); its one-line help becomes its description."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, command in sub.choices.items():
+        if name in EXAMPLES:
+            command.epilog = EXAMPLES[name]
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
+        if command.description is None:
+            command.description = helps.get(name)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
+    from ensemblekit import __version__
+
     p = _Parser(prog="ensemblekit", description="Low-cost deep ensembles: train, evaluate, compare.")
+    p.add_argument("--version", action="version", version=f"ensemblekit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train and evaluate a run")
     t.add_argument("config", help="YAML config")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     t.add_argument("--out", help="run directory (default runs/<method>-<model>-<data>-<n>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -60,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="build the ensemble and print its parameters and FLOPs")
     d.add_argument("config")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--json", action="store_true")
 
     ip = sub.add_parser("interpolate", help="accuracy along the line between two members' parameters")
@@ -71,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grow", help="add K tuned children to a finished subnetwork run (existing ones unchanged)")
     g.add_argument("run_dir")
-    g.add_argument("--children", type=int, required=True, metavar="K")
+    g.add_argument("--children", type=int, required=True, metavar="K", help="children to add (anti-random: even)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
     c = sub.add_parser("compare", help="print a comparison table of finished runs (from their metrics.json)")
@@ -106,8 +166,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="file to write")
 
     da = sub.add_parser("data", help="data utilities")
-    da.add_argument("action", choices=["check"])
-    da.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    da_sub = da.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    dc = da_sub.add_parser("check", help="report where each data set is found and whether its checksums match")
+    dc.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    dg = da_sub.add_parser("get", help="download (if missing) and verify a data set, without training")
+    dg.add_argument("dataset", choices=["cifar10", "cifar100"])
+    dg.add_argument("--root", help="data root (default: ENSEMBLEKIT_DATA or ./data)")
+    dg.add_argument("--quiet", action="store_true", help="no download progress")
     return p
 
 
@@ -147,23 +212,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     if not args.quiet:
-        m, c = record["metrics"], record["costs"]
-        print(f"run directory: {out}")
-        print(
-            _table(
-                [
-                    ("accuracy", m["accuracy"]),
-                    ("nll", m["nll"]),
-                    ("ece", m["ece"]),
-                    ("disagreement", m["disagreement"]),
-                    ("params", c["params"]),
-                    ("inference_flops_vs_single", c["inference_flops_vs_single"]),
-                    ("train_epoch_equivalents", c["train_epoch_equivalents"]),
-                    ("train_seconds", c["train_seconds"]),
-                ]
-            )
-        )
+        print(train_summary(record, out))
     return 0
+
+
+def train_summary(record: dict[str, Any], out: Path) -> str:
+    """The end of ``train``: ensemble beside member accuracy and NLL, the costs, and where the results are."""
+    m, c = record["metrics"], record["costs"]
+    members = record.get("members") or []
+    lines = ["", f"{'':12s} {'accuracy':>9s} {'nll':>8s}", f"{'ensemble':12s} {m['accuracy']:9.4f} {m['nll']:8.4f}"]
+    if len(members) > 1:
+        lines.append(f"{'member mean':12s} {m['member_accuracy_mean']:9.4f} {m['member_nll_mean']:8.4f}")
+        for i, member in enumerate(members[:8]):
+            lines.append(f"{f'member {i}':12s} {member['accuracy']:9.4f} {member['nll']:8.4f}")
+        if len(members) > 8:
+            lines.append(f"... {len(members) - 8} more members in metrics.json")
+        gain = m["accuracy"] - m["member_accuracy_mean"]
+        lines.append(f"ensemble gain over the mean member: {gain * 100:+.2f} points of accuracy")
+    lines.append("")
+    lines.append(
+        _table(
+            [
+                ("ece", m["ece"]),
+                ("disagreement", m["disagreement"]),
+                ("params", c["params"]),
+                ("inference_flops_vs_single", c["inference_flops_vs_single"]),
+                ("train_epoch_equivalents", c["train_epoch_equivalents"]),
+                ("train_seconds", c["train_seconds"]),
+            ]
+        )
+    )
+    lines += ["", f"run directory: {out}", f"metrics: {out / 'metrics.json'} (ensemblekit compare {out} for a table)"]
+    return "\n".join(lines)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -231,6 +311,7 @@ def _cmd_grow(args: argparse.Namespace) -> int:
     m, c = record["metrics"], record["costs"]
     rows = [("members", record["num_members"]), ("accuracy", m["accuracy"]), ("nll", m["nll"]), ("ece", m["ece"])]
     print(_table([*rows, ("train_epoch_equivalents", c["train_epoch_equivalents"])]))
+    print(f"metrics: {Path(args.run_dir) / 'metrics.json'}")
     return 0
 
 
@@ -272,9 +353,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
-        from ensemblekit.models import list_models
-
-        names = list_models()
+        names = _model_lines()
     elif args.what == "methods":
         from ensemblekit.methods import METHODS
 
@@ -287,13 +366,38 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_lines() -> list[str]:
+    """One line per registered model: its name and parameter count for 10 classes (built on the meta device)."""
+    import torch
+
+    from ensemblekit.metrics import count_parameters
+    from ensemblekit.models import create_model, list_models
+
+    lines = []
+    for name in list_models():
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            params = count_parameters(create_model(name, num_classes=10))["unique_params"]
+        lines.append(f"{name:18s} {params / 1e6:7.2f}M params ({params:,}; 10 classes)")
+    return lines
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "get":
+        from ensemblekit.data.get import get_dataset, report_lines
+
+        print("\n".join(report_lines(get_dataset(args.dataset, args.root, progress="quiet" if args.quiet else "auto"))))
+        return 0
     from ensemblekit.data import check_data
 
     for entry in check_data(args.root):
         found = entry.get("found")
         line = f"{entry['dataset']:10s} "
-        if found:
+        if entry.get("format") == "generated":
+            line += (
+                f"built in (generated from its seed on demand, no files): {entry.get('train_images')} train / "
+                f"{entry.get('test_images')} test images, {entry.get('classes')} classes"
+            )
+        elif found:
             line += (
                 f"found ({entry.get('format')}) at {entry.get('location')}: "
                 f"{entry.get('train_images')} train / {entry.get('test_images')} test, checksum {entry.get('checksum')}"
@@ -349,7 +453,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ensemblekit`` command; returns the exit code."""
     try:
-        args = _parser().parse_args(argv)
+        args = _add_examples(_parser()).parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as exc:
         _print_error(f"error: {exc}")

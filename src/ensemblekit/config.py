@@ -164,6 +164,10 @@ class RuntimeConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_threads: int | None = Field(default=None, gt=0, le=MAX_THREADS)
     deterministic: bool = False
+    logger: Literal["csv", "tensorboard"] = "csv"
+    log_every_steps: int = Field(default=10, gt=0, le=MAX_EPOCHS)
+    progress_every_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    progress_every_steps: int | None = Field(default=None, gt=0, le=MAX_EPOCHS)
 
 
 class Config(_Section):

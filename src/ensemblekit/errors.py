@@ -5,8 +5,9 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-MAX_MESSAGE = 400
-"""Longest error message the CLI prints; longer ones are cut (a message must stay one readable line)."""
+MAX_MESSAGE = 1000
+"""Longest error message the CLI prints; longer ones are cut in the middle (a safety net: messages that echo
+user input shorten it with :func:`shorten`, so they stay far below this)."""
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 2

@@ -4,6 +4,8 @@ Layout::
 
     RUN_DIR/config.yaml          fully resolved config + versions and git commit (under ``meta``)
     RUN_DIR/log.csv              one row per epoch
+    RUN_DIR/steps.csv            per-step loss and learning rate (every ``runtime.log_every_steps`` steps)
+    RUN_DIR/tensorboard/         TensorBoard event files (``runtime.logger: tensorboard``)
     RUN_DIR/events.jsonl         train start/end, stage starts/ends, resume, evaluate
     RUN_DIR/checkpoints/last.pt  written atomically at the end of every epoch
     RUN_DIR/model.pt             final ensemble weights
@@ -34,6 +36,8 @@ from ensemblekit.training.checkpoint import atomic_write_bytes, temp_name_patter
 RUN_FILES = (
     "config.yaml",
     "log.csv",
+    "steps.csv",
+    "tensorboard",
     "events.jsonl",
     "checkpoints",
     "model.pt",

@@ -30,6 +30,7 @@ from ensemblekit.metrics import (
     member_metrics,
     reliability_bins,
 )
+from ensemblekit.metrics.costs import inference_parameter_count
 from ensemblekit.metrics.sparse_costs import sparse_model_costs
 from ensemblekit.run_dir import (
     checkpoint_path,
@@ -84,8 +85,8 @@ def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cpu")
 
 
-def load_run_data(cfg: Config) -> DataBundle:
-    """The data bundle the config describes."""
+def load_run_data(cfg: Config, quiet: bool = False) -> DataBundle:
+    """The data bundle the config describes (``quiet``: no download progress on stderr)."""
     d = cfg.data
     return load_data(
         d.name,
@@ -97,6 +98,7 @@ def load_run_data(cfg: Config) -> DataBundle:
         download=d.download,
         classes=d.classes,
         image_size=d.image_hw(),
+        progress="quiet" if quiet else "auto",
     )
 
 
@@ -118,16 +120,18 @@ def build_ensemble(cfg: Config, num_classes: int, train_size: int) -> tuple[Meth
 
 
 def describe_costs(method: Method, ensemble: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
-    """Parameters, unique parameters, inference FLOPs per image and FLOPs relative to the single backbone."""
+    """Parameters (also those used at inference), inference FLOPs per image and FLOPs relative to the single net."""
     with torch.random.fork_rng(devices=[]):
         single = method.single_backbone()
         shape = (1, *image_shape)
         single_flops = inference_flops(single, shape)
         flops = inference_flops(ensemble, shape)
+        used = inference_parameter_count(ensemble, shape)  # a stochastic forward (MC dropout) draws no global RNG
     counts = count_parameters(ensemble)
     return {
         "params": counts["params"],
         "unique_params": counts["unique_params"],
+        "inference_params": used,
         "trainable_params": counts["trainable_params"],
         "inference_flops": flops,
         "single_inference_flops": single_flops,
@@ -141,7 +145,7 @@ def model_cost_fields(costs: dict[str, Any]) -> dict[str, Any]:
 
     ``single_inference_flops`` is the unit of the ``*_vs_single`` ratios and of the epoch-equivalents.
     """
-    keys = ("params", "unique_params", "inference_flops", "inference_flops_vs_single")
+    keys = ("params", "unique_params", "inference_params", "inference_flops", "inference_flops_vs_single")
     return {
         **{k: costs[k] for k in keys},
         "single_inference_flops": costs["single_inference_flops"],
@@ -178,12 +182,16 @@ def make_engine(
         augment=cfg.data.augment,
         cost_meter=TrainCostMeter(costs["single_inference_flops"], len(data.train.labels)),
         run_dir=run_dir,
-        progress=Progress(progress),
+        progress=Progress(
+            progress, every_seconds=cfg.runtime.progress_every_seconds, every_steps=cfg.runtime.progress_every_steps
+        ),
         max_steps_per_epoch=cfg.train.max_steps_per_epoch,
         channels_last=channels_last,
         max_loss=cfg.train.max_loss,
         crop_padding=cfg.data.crop_padding,
         flip=cfg.data.flip,
+        logger=cfg.runtime.logger,
+        log_every_steps=cfg.runtime.log_every_steps,
     )
 
 
@@ -351,9 +359,10 @@ def load_model_into(path: Path, ensemble: nn.Module, cfg: Config | None = None) 
 
 
 def _same_run(a: Config, b: Config) -> bool:
-    da, db = config_to_dict(a), config_to_dict(b)
-    da.pop("runtime"), db.pop("runtime")
-    return da == db
+    """Whether two configs describe the same run (``runtime`` and ``meta`` aside)."""
+    from ensemblekit.run_extend import config_differences
+
+    return not config_differences(a, b)
 
 
 def train(
@@ -369,11 +378,17 @@ def train(
     """Train and evaluate a run in ``out``; return what was written to ``metrics.json``.
 
     With ``resume`` the run continues from ``out/checkpoints/last.pt`` with the run's own config (a different
-    config is refused). ``data`` gives the data directly (:func:`ensemblekit.fit`) instead of the config's.
+    config is refused, naming the fields that differ); a finished single-stage run with a constant or step
+    schedule may be continued with a larger ``train.epochs`` (:mod:`ensemblekit.run_extend`). ``data`` gives the
+    data directly (:func:`ensemblekit.fit`) instead of the config's.
     """
+    from ensemblekit.run_extend import check_resume_config, mark_stale, rewind_finished_checkpoint
+    from ensemblekit.training.logs import check_logger_available
+
+    check_logger_available(cfg.runtime.logger)
     run_dir = Path(out)
     fabric = make_fabric(cfg)
-    data = load_run_data(cfg) if data is None else data  # missing data is refused before anything is written
+    data = load_run_data(cfg, quiet) if data is None else data  # missing data is refused before anything is written
     method, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))  # so is an unbuildable model
     with contextlib.ExitStack() as held:
         error, has_checkpoint = None, False
@@ -385,12 +400,11 @@ def train(
                 has_checkpoint = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
                 if resume:
                     saved = read_run_config(run_dir)
-                    if not _same_run(saved, cfg):
-                        raise UserError(
-                            f"the config differs from the one {run_dir} was started with; resume without changes"
-                        )
+                    extend = check_resume_config(run_dir, saved, cfg, lambda: method.recipe(ensemble))
                     if has_checkpoint:
                         load_checkpoint(checkpoint_path(run_dir))  # a corrupt checkpoint is refused before any write
+                    if extend:
+                        _extend_run(run_dir, saved, cfg, has_checkpoint, mark_stale, rewind_finished_checkpoint)
                 else:
                     write_run_config(run_dir, cfg)
             except UserError as exc:
@@ -400,6 +414,17 @@ def train(
         if error is not None:
             raise UserError(error)
         return _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpoint, quiet, progress)
+
+
+def _extend_run(run_dir: Path, saved: Config, cfg: Config, has_checkpoint: bool, mark_stale, rewind) -> None:
+    """Prepare a run whose ``train.epochs`` grew: rewind its final checkpoint, record the new config."""
+    from ensemblekit.training.logs import RunLogger
+
+    if has_checkpoint:
+        rewind(checkpoint_path(run_dir), saved.train.epochs)
+    write_run_config(run_dir, cfg)
+    stale = mark_stale(run_dir, f"computed before train.epochs grew from {saved.train.epochs} to {cfg.train.epochs}")
+    RunLogger(run_dir).event("extend", epochs_from=saved.train.epochs, epochs_to=cfg.train.epochs, stale=stale)
 
 
 def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpoint, quiet, progress) -> dict:

@@ -64,7 +64,7 @@ def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
     runs = [
         {"name": "single", "method": {"name": "single"}},
         {"name": "de2", "method": {"name": "deep_ensemble", "members": 2}},
-        {"name": "diverges", "method": {"name": "single"}, "set": {"train.lr": 1.0e12}, "budget": 1},
+        {"name": "diverges", "method": {"name": "single"}, "set": {"train.max_loss": 1.0e-3}, "budget": 1},
     ]
     path = _suite(tmp_path, runs, budget=2.0)
     out = tmp_path / "out"
@@ -72,7 +72,7 @@ def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
     status = run_suite(path, out, quiet=True, say=lines.append)
     states = {k: e["state"] for k, e in status["runs"].items()}
     assert states == {"single/seed0": "done", "de2/seed0": "done", "diverges/seed0": "failed"}
-    assert "non-finite loss" in status["runs"]["diverges/seed0"]["error"]
+    assert "training diverged: exploding" in status["runs"]["diverges/seed0"]["error"]
     assert status["runs"]["single/seed0"]["epochs"] == 2 and status["runs"]["de2/seed0"]["epochs"] == 1
     single = json.loads((out / "runs/single/seed0/metrics.json").read_text())
     de = json.loads((out / "runs/de2/seed0/metrics.json").read_text())
@@ -82,7 +82,7 @@ def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
     csv_lines = (out / "results.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 3 and csv_lines[1].startswith("single,0,single,1,")
     md = (out / "results.md").read_text()
-    assert "| single | single |" in md and "| de2 | deep_ensemble |" in md and "Pareto frontier" in md
+    assert "| single | 1 |" in md and "| de2 (deep_ensemble) | 2 |" in md and "Pareto frontier" in md
     for name in ("pareto", "params", "reliability", "members"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert (out / "plots" / f"{name}.svg").is_file()
@@ -99,7 +99,7 @@ def test_suite_end_to_end_with_a_failing_run_resume_and_report(tmp_path):
     again = run_cli("bench", str(path), "--out", str(out))
     assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     report = run_cli("report", str(out))
-    assert report.returncode == 0 and "| de2 | deep_ensemble |" in report.stdout
+    assert report.returncode == 0 and "| de2 (deep_ensemble) | 2 |" in report.stdout
 
 
 def test_results_table_reports_mean_and_std_over_seeds():
@@ -162,3 +162,59 @@ def test_budget_estimate_counts_a_teachers_forward_like_the_cost_meter(tmp_path)
     cost = RecipeCost(raw, num_classes=10, train_size=192)
     record = train(config_from_dict(raw), tmp_path / "run", quiet=True)
     assert record["costs"]["train_epoch_equivalents"] == pytest.approx(cost(2), rel=1e-6)
+
+
+def test_equal_flops_width_matches_the_inference_flops_of_a_run():
+    from ensemblekit.bench.budget import equal_flops_width
+    from ensemblekit.metrics import inference_flops
+    from ensemblekit.models import create_model
+
+    raw = tiny_config()  # resnet8, width 0.5
+    base = inference_flops(create_model("resnet8", num_classes=10, width=0.5))
+    for ratio in (0.5, 2.0):
+        width, achieved = equal_flops_width(raw, 10, ratio)
+        assert (width < 0.5) == (ratio < 1)
+        assert inference_flops(create_model("resnet8", num_classes=10, width=width)) / base == pytest.approx(achieved)
+        assert achieved == pytest.approx(ratio, rel=0.15)  # channel counts are whole numbers
+    with pytest.raises(UserError, match="width"):
+        equal_flops_width(raw, 10, 1.0e6)
+
+
+def test_seconds_budget_fits_epochs_from_timed_steps():
+    single = RecipeCost(tiny_config(), num_classes=10, train_size=192, unit="seconds")
+    assert single.x.shape[0] == TINY["data"]["batch_size"]  # timed on a training batch
+    assert single(1) > 0 and single(3) == pytest.approx(3 * single(1))  # per-stage seconds, measured once
+    epochs, seconds = fit_epochs(single, 3.5 * single(1))
+    assert epochs == 3 and seconds == pytest.approx(3 * single(1))
+
+
+def test_suite_with_an_equal_flops_control_and_its_validation(tmp_path):
+    runs = [
+        {"name": "single", "method": {"name": "single"}},
+        {"name": "de2", "method": {"name": "deep_ensemble", "members": 2}},
+    ]
+    path = tmp_path / "suite.yaml"
+    suite = {"name": "c", "base": BASE, "budget": 2, "equal_flops_control": ["de2"], "runs": runs}
+    path.write_text(yaml.safe_dump(suite))
+    out = tmp_path / "out"
+    lines = []
+    status = run_suite(path, out, quiet=True, say=lines.append)
+    assert status["order"] == ["single", "de2", "de2.control"] and lines[2] == "[3/3] de2.control seed 0"
+    entry = status["runs"]["de2.control/seed0"]
+    assert entry["state"] == "done" and entry["control_of"] == "de2" and entry["flops_target"] == pytest.approx(2.0)
+    assert entry["width"] > 0.5 and entry["flops_vs_base"] == pytest.approx(2.0, rel=0.15)
+    record = json.loads((out / "runs/de2.control/seed0/metrics.json").read_text())
+    assert record["method"] == "single" and record["num_members"] == 1
+    spent = record["costs"]["train_epoch_equivalents"] * entry["flops_vs_base"]  # in the base backbone's epochs
+    assert spent == pytest.approx(2.0, rel=0.5)
+    md = (out / "results.md").read_text()
+    assert "| de2.control (single) |" in md and "Equal-FLOPs controls: de2.control" in md
+
+    for bad, message in (
+        ({**suite, "equal_flops_control": ["nope"]}, "equal_flops_control: no run named nope"),
+        ({**suite, "runs": [*runs, {"name": "x.control", "method": {"name": "single"}}]}, "reserved"),
+        ({**suite, "budget_unit": "hours"}, "budget_unit"),
+    ):
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(UserError, match=message):
+            load_suite(path)

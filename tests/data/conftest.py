@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import pickle
-import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,8 +12,7 @@ import pytest
 from PIL import Image
 
 from ensemblekit.data import cifar
-
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+from tests.data.cifar_files import write_cifar
 
 
 @pytest.fixture(autouse=True)
@@ -29,57 +25,22 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _write_pickle(path: Path, obj: dict) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))  # protocol 2, like the official (Python 2) files
-
-
 @pytest.fixture
 def make_cifar(monkeypatch):
     """Write small files in the official CIFAR python format and register their MD5 sums.
 
-    ``make_cifar(root, variant="cifar10", per_class=2, archive=False)`` writes the official folder
-    (``per_class`` images per class per batch), or, with ``archive=True``, only the ``.tar.gz``. It
-    returns ``{"train": (images, labels), "test": (images, labels), "classes": [...], "folder": Path}``.
+    ``make_cifar(root, variant="cifar10", per_class=2, archive=False, register=True)`` writes the official
+    folder (``per_class`` images per class per batch), or, with ``archive=True``, only the ``.tar.gz``. It
+    returns ``{"train": (images, labels), "test": (images, labels), "classes": [...], "folder": Path,
+    "md5": {path relative to root: sum}}``; ``register=False`` leaves the official sums in place.
     """
 
-    def make(root: Path, variant: str = "cifar10", per_class: int = 2, archive: bool = False) -> dict:
-        spec = cifar.SPECS[variant]
-        classes = CIFAR10_CLASSES if variant == "cifar10" else [f"class{k:03d}" for k in range(100)]
-        rng = np.random.default_rng(len(classes))
-        folder = root / spec.folder
-        folder.mkdir(parents=True)
-        out: dict = {"classes": classes, "folder": folder}
-        label_key = spec.label_key.encode()
-        for split, files in (("train", spec.train_files), ("test", spec.test_files)):
-            images, labels = [], []
-            for i, name in enumerate(files):
-                n = per_class * len(classes)
-                data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-                batch_labels = [int(v) for v in rng.permutation(np.arange(n) % len(classes))]
-                batch = {b"batch_label": f"{split} batch {i}".encode(), label_key: batch_labels, b"data": data,
-                         b"filenames": [f"img_{j}.png".encode() for j in range(n)]}  # fmt: skip
-                if variant == "cifar100":
-                    batch[b"coarse_labels"] = [v // 5 for v in batch_labels]
-                _write_pickle(folder / name, batch)
-                images.append(data.reshape(-1, 3, 32, 32))
-                labels.extend(batch_labels)
-            out[split] = (np.concatenate(images), np.asarray(labels, dtype=np.int64))
-        meta = {spec.names_key.encode(): [c.encode() for c in classes], b"num_vis": 3072}
-        _write_pickle(folder / spec.meta_file, meta)
-        for name in spec.files:
-            monkeypatch.setitem(cifar.MD5, f"{spec.folder}/{name}", _md5(folder / name))
-        if archive:
-            with tarfile.open(root / spec.archive, "w:gz") as tar:
-                tar.add(folder, arcname=spec.folder)
-            monkeypatch.setitem(cifar.MD5, spec.archive, _md5(root / spec.archive))
-            for path in folder.iterdir():
-                path.unlink()
-            folder.rmdir()
-        return out
+    def make(root: Path, variant: str = "cifar10", per_class: int = 2, archive: bool = False, register=True) -> dict:
+        out, sums = write_cifar(root, variant, per_class, archive)
+        if register:
+            for key, value in sums.items():
+                monkeypatch.setitem(cifar.MD5, key, value)
+        return {**out, "md5": sums}
 
     return make
 

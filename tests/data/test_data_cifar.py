@@ -145,14 +145,17 @@ def test_not_found_lists_every_place_looked(tmp_path):
     with pytest.raises(DataNotFoundError) as info:
         load_data("cifar10", root=tmp_path)
     message = str(info.value)
-    for name in ("cifar-10-batches-py", "cifar-10-python.tar.gz", "cifar10-jpeg", "cifar10"):
-        assert str(tmp_path / name) in message
-    assert "ENSEMBLEKIT_DATA" in message and "download" in message and "\n" not in message
+    assert f"not found in {tmp_path} (looked for " in message
+    for name in ("cifar-10-batches-py/", "cifar-10-python.tar.gz", "cifar10-jpeg/", "cifar10/"):
+        assert name in message
+    assert "ENSEMBLEKIT_DATA" in message and "ensemblekit data get cifar10" in message and "\n" not in message
+    assert "..." not in message  # short enough not to be cut
 
 
 def test_not_found_uses_env_root_when_no_root_given(tmp_path, monkeypatch):
     monkeypatch.setenv("ENSEMBLEKIT_DATA", str(tmp_path / "elsewhere"))
-    with pytest.raises(DataNotFoundError, match=re.escape(str(tmp_path / "elsewhere" / "cifar-100-python"))):
+    expected = f"in {tmp_path / 'elsewhere'} (looked for cifar-100-python/"
+    with pytest.raises(DataNotFoundError, match=re.escape(expected)):
         load_data("cifar100")
 
 

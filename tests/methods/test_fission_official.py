@@ -16,28 +16,11 @@ from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.network import copies_per_stage
 from ensemblekit.methods.fission.official import xavier_scoring_copy
 from ensemblekit.pruning import get_masks, has_mask, masked_layers, masks_from_scores, raw_weight
-from ensemblekit.runner import build_ensemble, train
+from ensemblekit.runner import train
 from tests.conftest import tiny_config
+from tests.methods.test_fission import _build, _fissioned
 
-SMALL = {"name": "resnet8", "width": 0.5}
 SHORTCUTS = ["stages.1.0.shortcut.conv", "stages.2.0.shortcut.conv"]
-
-
-def _build(**options):
-    cfg = config_from_dict(tiny_config(method={"name": "fission", **options}, model=SMALL))
-    return build_ensemble(cfg, 10, 192)
-
-
-def _batch(n=8, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-
-def _fissioned(**options):
-    method, ens = _build(**options)
-    batch = _batch()
-    report = method.apply_fission(ens, [batch], (3, 16, 16))
-    return method, ens, report, batch
 
 
 def test_official_pruned_weights_stay_in_the_forward_get_no_gradient_and_fade_by_weight_decay():

@@ -298,7 +298,13 @@ def test_grow_leaves_existing_children_bitwise_unchanged_and_equals_a_larger_run
     opts = {"masks": "anti_random", "child_epochs": 1}
     before = train(_cfg(members=2, **opts), tmp_path / "run", quiet=True)
     old = _state(tmp_path / "run")
+    (tmp_path / "run" / "eval.json").write_text(json.dumps({"metrics": {"accuracy": 0.5}}))
+    log_before = (tmp_path / "run" / "log.csv").read_text().splitlines()
     record = grow(tmp_path / "run", 2)
+    log_after = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log_after[: len(log_before)] == log_before  # log.csv goes on with the new children's stages
+    assert {r.split(",")[0] for r in log_after[len(log_before) :]} == {"child_2", "child_3"}
+    assert "grow added 2 children" in json.loads((tmp_path / "run" / "eval.json").read_text())["stale"]
     new = _state(tmp_path / "run")
     for key, value in old.items():
         if key not in ("selected", "val_scores"):
@@ -365,9 +371,15 @@ def test_grow_refuses_other_methods_and_odd_pairs(tmp_path):
     assert result.returncode == 2 and "only subnetwork runs can grow" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     train(_cfg(members=2, child_epochs=0), tmp_path / "run", quiet=True)
-    with pytest.raises(UserError, match="anti_random pairs"):
+    with pytest.raises(UserError, match="anti_random children come in pairs; --children must be a multiple of 2") as e:
         grow(tmp_path / "run", 1)
+    assert "candidates" not in str(e.value)  # the user never set method.candidates
     assert _state(tmp_path / "run")["selected"].tolist() == [0, 1]  # nothing written
+
+
+def test_an_odd_number_of_anti_random_children_names_method_members():
+    with pytest.raises(UserError, match=r"method\.members: 3 children cannot form anti_random pairs"):
+        build_method(_cfg(members=3), 10, 192)
 
 
 def test_prunable_layers_of_children_exclude_the_classifier():

@@ -133,3 +133,47 @@ def test_flops_errors():
         inference_flops(nn.Linear(3, 3), input_shape=(0, 3))
     with pytest.raises(ValueError, match="single_flops"):
         flops_ratio(10, 0)
+
+
+class _StoresMore(nn.Module):
+    """An ensemble that stores a parent it never runs at inference (as a subnetwork ensemble does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parent = nn.Linear(10, 5)
+        self.children_ = nn.ModuleList([nn.Linear(10, 5), nn.Linear(10, 5)])
+        self.unselected = nn.Linear(10, 5)
+
+    def forward(self, x):
+        return torch.stack([child(x) for child in self.children_])
+
+
+def test_inference_parameter_count_leaves_out_stored_networks_inference_never_runs():
+    from ensemblekit.metrics.costs import inference_parameter_count
+
+    model = _StoresMore()
+    model.parent.requires_grad_(False)
+    model.train()
+    assert count_parameters(model)["unique_params"] == 4 * LINEAR
+    assert inference_parameter_count(model, (1, 10)) == 2 * LINEAR
+    assert model.training and not model.parent.weight.requires_grad  # nothing changed
+    assert all(p.grad is None for p in model.parameters())
+    shared = nn.Linear(10, 5)
+    assert inference_parameter_count(MemberEnsemble([shared, shared]), (1, 10)) == LINEAR  # counted once
+    with torch.device("meta"):
+        meta = _StoresMore()
+    assert inference_parameter_count(meta, (1, 10)) == 2 * LINEAR
+
+
+def test_subnetwork_runs_report_the_parameters_their_children_use():
+    from ensemblekit.config import config_from_dict
+    from ensemblekit.runner import build_ensemble, describe_costs
+    from tests.conftest import tiny_config
+
+    raw = tiny_config(method={"name": "subnetwork", "members": 2, "candidates": 4}, data={"val_size": 32})
+    cfg = config_from_dict(raw)
+    method, ensemble = build_ensemble(cfg, 10, 192)
+    costs = describe_costs(method, ensemble)
+    single = costs["single_params"]
+    assert costs["unique_params"] == 5 * single  # the parent and four candidates are stored
+    assert costs["inference_params"] == 2 * single  # the two selected children run

@@ -15,31 +15,10 @@ NON_FINITE = [float("inf"), float("-inf"), float("nan")]
 HOSTILE_NUMBERS = st.sampled_from(
     [0, -1, 1, 2, 3, 10**12, -(10**12), 2**63, 2**64, 10**20, 0.0, -0.0, 1e-300, 1e12, 1e308, 0.5, 1.5, *NON_FINITE]
 )
-HOSTILE_STRINGS = st.sampled_from(
-    [
-        "",
-        " ",
-        "a",
-        "0",
-        "1e12",
-        ".inf",
-        "null",
-        "true",
-        "../..",
-        "/dev/zero",
-        "x" * 10_000,
-        "caf\u00e9",
-        "\udcff",
-        "resnet8",
-        "sgd",
-        "cosine",
-        "cpu",
-        "auto",
-        "all",
-        "synthetic",
-        "step",
-    ]
-)
+LONG_STRING = st.integers(10_000, 10_001).map(lambda n: "x" * n)  # its repr stays short in hypothesis' statistics
+ODD_STRINGS = ["", " ", "a", "0", "1e12", ".inf", "null", "true", "../..", "/dev/zero", "caf\u00e9", "\udcff"]
+NAMES = ["resnet8", "sgd", "cosine", "cpu", "auto", "all", "synthetic", "step"]
+HOSTILE_STRINGS = LONG_STRING | st.sampled_from([*ODD_STRINGS, *NAMES])
 SCALARS = st.one_of(
     HOSTILE_NUMBERS,
     st.integers(),
@@ -243,3 +222,26 @@ def image_bytes(draw) -> bytes:
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+SMALL_VALUES = st.one_of(
+    st.integers(-2, 12),
+    st.sampled_from([0.0, 0.1, 0.5, 0.99, 1.0, 2.0, 1e-9]),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["loop", "packed", "auto", "global", "layerwise", "snip", "grasp", "synflow", "magnitude"]),
+    st.sampled_from(["random", "partition", "anti_random", "sparse", "noisy", "stochastic", "blob", "official"]),
+)
+
+
+@st.composite
+def method_configs(draw) -> dict:
+    """A tiny config of a random method and backbone with 0-3 of the method's own options set to small values."""
+    raw = copy.deepcopy(BASE)
+    name = draw(st.sampled_from(METHODS.names()))
+    raw["method"]["name"] = name
+    raw["model"]["name"] = draw(st.sampled_from(["resnet8", "resnet8", "vgg11", "densenet40", "wrn16_4"]))
+    options = sorted(METHODS.get(name).Options.model_fields)
+    for _ in range(draw(st.integers(0, 3))):
+        raw["method"][draw(st.sampled_from(options))] = draw(SMALL_VALUES)
+    return raw

@@ -24,6 +24,7 @@ from ensemblekit.errors import UserError
 from tests.reliability.fuzz_strategies import (
     VALUE_TEXT,
     image_bytes,
+    method_configs,
     mutated_configs,
     set_overrides,
     yaml_documents,
@@ -220,3 +221,25 @@ def test_set_values_of_every_known_field_type(value):
             load_config(None, [f"{key}={value}"])
         except UserError as exc:
             assert_clean(exc)
+
+
+@settings(max_examples=60, **FAST)
+@given(method_configs())
+def test_accepted_method_configs_build(raw):
+    """What validation accepts must build: ``describe`` (build the ensemble, count its costs) succeeds or refuses
+    in one line; a crash here is a config that would be accepted and then fail in the middle of a run."""
+    from ensemblekit.runner import describe
+
+    try:
+        cfg = config_from_dict(raw)
+    except UserError as exc:
+        assert_clean(exc)
+        return
+    try:
+        info = describe(cfg)
+    except UserError as exc:
+        event("refused at build")
+        assert_clean(exc)
+        return
+    event("built")
+    assert info["num_members"] >= 1 and info["inference_flops"] > 0

@@ -42,8 +42,8 @@ def _one_line_exit_2(capsys, argv, *fragments):
         ("train.lr=1e12", "train.lr"),
         ("method.members=1000000000000", "method.members"),
         ("train.epochs=1000000000000", "train.epochs"),
-        ("model.kwargs.layers=1", "has no option(s) 'layers'"),
-        ("model.kwargs.num_classes=3", "has no option(s) 'num_classes'"),
+        ("model.kwargs.layers=1", "has no option(s) layers"),
+        ("model.kwargs.num_classes=3", "has no option(s) num_classes"),
         ("model.kwargs.shortcut=5", "shortcut"),
     ],
 )

@@ -80,6 +80,8 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, tmp_path, kill_afte
     rows = [tuple(line.split(",")[:2]) for line in (out / "log.csv").read_text().splitlines()[1:]]
     ref_rows = [tuple(line.split(",")[:2]) for line in (ref / "log.csv").read_text().splitlines()[1:]]
     assert rows == ref_rows
+    # per-step scalars too: the steps past the checkpoint are dropped and logged again, not twice
+    assert (out / "steps.csv").read_text() == (ref / "steps.csv").read_text()
 
 
 def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(reference_run, tmp_path):

@@ -11,12 +11,25 @@ size and f_single the single backbone's forward FLOPs. Every method derives its 
 ``train.epochs``, so the budget is met by choosing ``train.epochs``: the value whose recipe cost is closest to
 the budget (the lower one on a tie). Work outside training steps (pruning scores, hatching) is not counted here;
 the cost meter of the finished run reports what was actually spent.
+
+With ``budget_unit: seconds`` the budget is wall-clock seconds of training, and the recipe's cost is
+
+    T(recipe) = Σ_stages epochs_s · n_s · t_s
+
+with t_s the seconds per image of one training step of stage s (forward, loss, backward and an SGD step on a
+copy of the stage module, ``train.batch_size`` random images after ``prepare_batch``, timed after a warm-up step).
+Loading, augmentation and evaluation are not timed, so runs overshoot a seconds budget somewhat; the results
+table shows each run's measured seconds and its overrun.
+
+The equal-FLOPs control of a run (:func:`equal_flops_width`) is the single backbone with the ``model.width``
+whose inference FLOPs are closest to the run's.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import time
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,31 +38,70 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.metrics import inference_flops
 from ensemblekit.training.engine import measure_stage_flops
+from ensemblekit.training.losses import member_cross_entropy
+from ensemblekit.training.stage import Stage
 
 MAX_EPOCHS = 10_000
+BudgetUnit = Literal["epoch_equivalents", "seconds"]
+
+
+def measure_stage_seconds(stage: Stage, x: torch.Tensor, y: torch.Tensor, steps: int = 2) -> float:
+    """Wall-clock seconds per training image of ``stage``: a timed step on a copy of its module.
+
+    One warm-up step, then the mean of ``steps`` steps (forward, the stage's loss, backward, SGD) on the batch
+    ``x, y`` after ``stage.prepare_batch``. The stage's module, its optimiser state and every RNG are untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        module = copy.deepcopy(stage.module).train()
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=1e-6) if params else None
+
+        def step() -> None:
+            xs, ys = stage.prepare_batch(x, y) if stage.prepare_batch is not None else (x, y)
+            out = module(xs)
+            loss = stage.loss(out, ys) if stage.loss is not None else member_cross_entropy(out, ys, stage.member_loss)
+            if optimizer is not None and loss.requires_grad:
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t0) / steps / len(x)
 
 
 class RecipeCost:
-    """Recipe cost (epoch-equivalents) of one config as a function of ``train.epochs``.
+    """Recipe cost (epoch-equivalents, or seconds) of one config as a function of ``train.epochs``.
 
-    The ensemble is built once; each query rebuilds only the method's recipe and measures the FLOPs of stages
-    not seen before (by stage name).
+    The ensemble is built once; each query rebuilds only the method's recipe and measures the FLOPs (or times a
+    step) of stages not seen before (by stage name).
 
     Args:
         raw: The run's config dict.
         num_classes: Classes of the data set.
         train_size: Training-set size.
         image_shape: ``(C, H, W)`` of one image.
+        unit: ``epoch_equivalents`` (FLOPs, exact) or ``seconds`` (timed steps, an estimate).
     """
 
-    def __init__(self, raw: dict[str, Any], num_classes: int, train_size: int, image_shape=(3, 32, 32)) -> None:
-        self.raw, self.num_classes, self.train_size = raw, num_classes, train_size
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        num_classes: int,
+        train_size: int,
+        image_shape=(3, 32, 32),
+        unit: BudgetUnit = "epoch_equivalents",
+    ) -> None:
+        self.raw, self.num_classes, self.train_size, self.unit = raw, num_classes, train_size, unit
         with torch.random.fork_rng(devices=[]):
             method, self.ensemble = self._build(raw)
             self.single_flops = inference_flops(method.single_backbone(), (1, *image_shape)) or 1
         self._built_state = {k: v for k, v in method.__dict__.items() if _holds_module(v)}
-        self.x = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
-        self.y = torch.arange(2) % num_classes
+        rows = config_from_dict(raw).data.batch_size if unit == "seconds" else 2
+        self.x = torch.randn(rows, *image_shape, generator=torch.Generator().manual_seed(0))
+        self.y = torch.arange(rows) % num_classes
         self._flops: dict[str, float] = {}
         self._costs: dict[int, float] = {}
 
@@ -88,10 +140,16 @@ class RecipeCost:
                 if stage.epochs <= 0:
                     continue
                 if stage.name not in self._flops:
-                    self._flops[stage.name] = measure_stage_flops(stage, self.x, self.y)
+                    measure = measure_stage_seconds if self.unit == "seconds" else measure_stage_flops
+                    self._flops[stage.name] = measure(stage, self.x, self.y)
                 images = len(stage.train_indices) if stage.train_indices is not None else self.train_size
                 total += stage.epochs * images * self._flops[stage.name]
-        return total / (self.train_size * self.single_flops)
+        return total if self.unit == "seconds" else total / (self.train_size * self.single_flops)
+
+    def inference_flops_ratio(self) -> float:
+        """Dense inference FLOPs of the ensemble relative to the single backbone (what the control matches)."""
+        with torch.random.fork_rng(devices=[]):
+            return inference_flops(self.ensemble, (1, *self.x.shape[1:])) / self.single_flops
 
 
 def _holds_module(value: Any) -> bool:
@@ -102,6 +160,52 @@ def _holds_module(value: Any) -> bool:
     if isinstance(value, dict):
         return any(isinstance(v, nn.Module) for v in value.values())
     return False
+
+
+def equal_flops_width(
+    raw: dict[str, Any], num_classes: int, ratio: float, image_shape=(3, 32, 32)
+) -> tuple[float, float]:
+    """The ``model.width`` of the single backbone whose inference FLOPs are ``ratio`` x those of ``raw``'s backbone.
+
+    The FLOPs grow with the width (about quadratically for convolutional backbones), so the width is found by
+    bisection on the meta device (no weights allocated); channel counts are rounded, so the FLOPs are a step
+    function of the width and the bracket's end closer to the target wins.
+
+    Returns:
+        ``(width, achieved ratio)``.
+
+    Raises:
+        UserError: the backbone has no ``width`` option, or no width in range reaches the ratio.
+    """
+    from ensemblekit.config import MAX_WIDTH
+    from ensemblekit.models import create_model
+
+    model = dict(raw.get("model", {}))
+    kwargs = dict(model.get("kwargs", {}))
+    name = model.get("name", "resnet20")
+
+    def flops(width: float | None) -> float:
+        options = {**kwargs, **({} if width is None else {"width": width})}
+        with torch.device("meta"):
+            try:
+                net = create_model(name, num_classes=num_classes, **options)
+            except TypeError as exc:
+                raise UserError(f"model {name} has no width option for an equal-FLOPs control: {exc}") from None
+        return float(inference_flops(net, (1, *image_shape)))
+
+    base = flops(model.get("width"))
+    target = ratio * base
+    lo, hi = 1.0 / 256, float(MAX_WIDTH)
+    if not flops(lo) <= target <= flops(hi):
+        raise UserError(f"no model.width of {name} in [{lo}, {hi}] has {ratio:.2f}x its inference FLOPs")
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        if flops(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    width = min((lo, hi), key=lambda w: abs(flops(w) - target))
+    return round(width, 4), flops(round(width, 4)) / base
 
 
 def fit_epochs(cost: RecipeCost, budget: float) -> tuple[int, float]:

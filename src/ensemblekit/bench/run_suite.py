@@ -5,7 +5,8 @@ Layout of the output directory::
     OUT/suite.yaml                 the suite as last given
     OUT/suite.json                 per run and seed: state (done / failed / interrupted), the fitted
                                    train.epochs, the estimated epoch-equivalents, the error line of a failure
-    OUT/runs/<run>/seed<k>/        one ordinary run directory per run and seed (ensemblekit train)
+    OUT/runs/<run>/seed<k>/        one ordinary run directory per run and seed (ensemblekit train); an equal-FLOPs
+                                   control of run <run> (``equal_flops_control``) is run <run>.control
     OUT/results.csv, results.md    generated from the run directories (ensemblekit.bench.results)
     OUT/plots/*.png|svg            (ensemblekit.bench.plots)
     OUT/report.html, report.md     (ensemblekit.bench.report)
@@ -24,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ensemblekit.bench.budget import RecipeCost, fit_epochs
+from ensemblekit.bench.budget import RecipeCost, equal_flops_width, fit_epochs
 from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
@@ -74,32 +75,76 @@ def _same_config(run_dir: Path, raw: dict[str, Any]) -> bool:
     return _same_run(read_run_config(run_dir), config_from_dict(raw))
 
 
-def _fit(raw: dict[str, Any], budget: float | None) -> tuple[dict[str, Any], float | None]:
-    """Set ``train.epochs`` so that the recipe costs about ``budget`` epoch-equivalents."""
-    if budget is None:
-        return raw, None
+def _recipe_cost(raw: dict[str, Any], unit: str = "epoch_equivalents") -> RecipeCost:
     from ensemblekit.runner import load_run_data
 
     data = load_run_data(config_from_dict(raw))
-    cost = RecipeCost(raw, data.num_classes, len(data.train.labels), tuple(data.train.images.shape[1:]))
-    epochs, estimate = fit_epochs(cost, budget)
+    return RecipeCost(raw, data.num_classes, len(data.train.labels), tuple(data.train.images.shape[1:]), unit)
+
+
+def _fit(raw: dict[str, Any], budget: float | None, unit: str = "epoch_equivalents") -> tuple[dict[str, Any], Any]:
+    """Set ``train.epochs`` so that the recipe costs about ``budget`` (in ``unit``)."""
+    if budget is None:
+        return raw, None
+    epochs, estimate = fit_epochs(_recipe_cost(raw, unit), budget)
     raw.setdefault("train", {})["epochs"] = epochs
     return raw, estimate
 
 
-def run_one(suite: Suite, run: SuiteRun, seed: int, out: Path, *, quiet: bool, progress: str) -> dict[str, Any]:
-    """Train one run and seed (or skip it when finished); return its status entry."""
+def _control_config(suite: Suite, run: SuiteRun, seed: int, budget: float | None) -> tuple[dict, float | None, dict]:
+    """The equal-FLOPs control of ``run``: the base config's single network with the width of equal inference FLOPs.
+
+    An epoch-equivalent is one epoch of the base backbone, but the control's cost meter counts epochs of its own
+    (narrower or wider) backbone, so an epoch-equivalent budget B is B / a of the control's units, a being its
+    FLOPs relative to the base backbone. A seconds budget is the same for both.
+    """
+    cost = _recipe_cost(suite.run_config(run, seed))
+    target = cost.inference_flops_ratio()
+    raw = suite.run_config(suite.control_run(run), seed)
+    width, achieved = equal_flops_width(raw, cost.num_classes, target, tuple(cost.x.shape[1:]))
+    raw.setdefault("model", {})["width"] = width
+    info = {"control_of": run.name, "width": width, "flops_target": target, "flops_vs_base": achieved}
+    if budget is not None and suite.budget_unit == "epoch_equivalents":
+        budget = budget / achieved
+    return raw, budget, info
+
+
+def run_one(
+    suite: Suite,
+    run: SuiteRun,
+    seed: int,
+    out: Path,
+    *,
+    quiet: bool,
+    progress: str,
+    control_of: SuiteRun | None = None,
+) -> dict[str, Any]:
+    """Train one run and seed (or skip it when finished); return its status entry.
+
+    With ``control_of``, ``run`` is the equal-FLOPs control of that run (:func:`_control_config`).
+    """
     from ensemblekit.runner import train
     from ensemblekit.training.engine import TrainingInterrupted
 
     run_dir = run_dir_of(out, run.name, seed)
     budget = suite.run_budget(run)
-    entry: dict[str, Any] = {"run": run.name, "seed": seed, "dir": str(run_dir.relative_to(out)), "budget": budget}
+    entry: dict[str, Any] = {
+        "run": run.name,
+        "seed": seed,
+        "dir": str(run_dir.relative_to(out)),
+        "budget": budget,
+        "budget_unit": suite.budget_unit,
+    }
     try:
-        raw, estimate = _fit(suite.run_config(run, seed), budget)
+        raw, fit_budget = suite.run_config(run, seed), budget
+        if control_of is not None:
+            raw, fit_budget, info = _control_config(suite, control_of, seed, budget)
+            entry.update(info)
+        raw, estimate = _fit(raw, fit_budget, suite.budget_unit)
     except UserError as exc:
         return {**entry, "state": "failed", "error": f"budget: {exc}"}
-    entry.update(epochs=raw["train"].get("epochs"), estimated_epoch_equivalents=estimate)
+    key = "estimated_seconds" if suite.budget_unit == "seconds" else "estimated_epoch_equivalents"
+    entry.update({"epochs": raw["train"].get("epochs"), key: estimate})
     if (run_dir / "metrics.json").is_file():
         if not _same_config(run_dir, raw):
             return {**entry, "state": "failed", "error": f"{run_dir} holds a finished run of another config"}
@@ -166,6 +211,20 @@ def _with_interpolation(suite: Suite, run_dir: Path, entry: dict[str, Any]) -> d
     return entry
 
 
+def _with_controls(suite: Suite, runs: list[SuiteRun]) -> list[tuple[SuiteRun, SuiteRun | None]]:
+    """``(run, None)`` for every run, each followed by ``(its control, run)`` where a control is asked for."""
+    out = []
+    for run in runs:
+        out.append((run, None))
+        if suite.wants_control(run):
+            out.append((suite.control_run(run), run))
+    return out
+
+
+def _order(suite: Suite, runs: list[SuiteRun]) -> list[str]:
+    return [run.name for run, _ in _with_controls(suite, runs)]
+
+
 def run_suite(
     suite_path: str | Path,
     out: str | Path,
@@ -193,14 +252,15 @@ def _run_suite_locked(suite, suite_path, out, runs, resume, seeds, quiet, progre
 
     status = prepare_out(out, suite_path, resume)
     status["suite"] = suite.name
-    status["order"] = [r.name for r in suite.runs]
+    status["order"] = _order(suite, suite.runs)
+    status["description"] = suite.description
     n_seeds = seeds or suite.seeds
-    todo = [(run, seed) for run in runs for seed in range(n_seeds)]
-    for k, (run, seed) in enumerate(todo, 1):
+    todo = [(run, of, seed) for run, of in _with_controls(suite, runs) for seed in range(n_seeds)]
+    for k, (run, control_of, seed) in enumerate(todo, 1):
         say(f"[{k}/{len(todo)}] {run.name} seed {seed}")
         key = f"{run.name}/seed{seed}"
         try:
-            entry = run_one(suite, run, seed, out, quiet=quiet, progress=progress)
+            entry = run_one(suite, run, seed, out, quiet=quiet, progress=progress, control_of=control_of)
         except TrainingInterrupted:
             status["runs"][key] = {"run": run.name, "seed": seed, "state": "interrupted"}
             _write_status(out, status)

@@ -10,6 +10,10 @@ training every listed method under the same data, backbone and training cost::
       model: {name: resnet8}
       train: {lr: 0.1, schedule: cosine}
     budget: 16                  # training budget per run in single-model epoch-equivalents (null: as configured)
+    budget_unit: epoch_equivalents   # or seconds: wall-clock seconds of training per run
+    budget_tolerance: 0.1       # a run off its budget by more than 10 % is flagged; frontiers ignore smaller gaps
+    equal_flops_control: false  # true (every run) or a list of run names: add a single network with the run's
+                                # inference FLOPs (model.width), trained on the same budget (run "<name>.control")
     seeds: 1                    # seeds per run (train.seed = 0 .. seeds-1); --seeds overrides
     runs:
       - name: single
@@ -43,6 +47,7 @@ from ensemblekit.config import Config, apply_overrides, config_from_dict, read_y
 from ensemblekit.errors import UserError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CONTROL_SUFFIX = ".control"
 
 
 class SuiteRun(BaseModel):
@@ -85,14 +90,28 @@ class Suite(BaseModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     budget: float | None = Field(default=None, gt=0)
+    budget_unit: Literal["epoch_equivalents", "seconds"] = "epoch_equivalents"
+    budget_tolerance: float = Field(default=0.1, ge=0, lt=1)
+    equal_flops_control: bool | list[str] = False
     seeds: int = Field(default=1, gt=0)
     corruptions: SuiteCorruptions | None = None
     interpolation_points: int | None = Field(default=None, ge=2)
     runs: list[SuiteRun]
 
     def run_budget(self, run: SuiteRun) -> float | None:
-        """The run's budget in single-model epoch-equivalents (its own, else the suite's)."""
+        """The run's budget in ``budget_unit`` (its own, else the suite's)."""
         return run.budget if run.budget is not None else self.budget
+
+    def wants_control(self, run: SuiteRun) -> bool:
+        """Whether ``equal_flops_control`` asks for an equal-FLOPs single network beside ``run``."""
+        if run.method.get("name") == "single" or run.name.endswith(CONTROL_SUFFIX):
+            return False
+        control = self.equal_flops_control
+        return control if isinstance(control, bool) else run.name in control
+
+    def control_run(self, run: SuiteRun) -> SuiteRun:
+        """The equal-FLOPs control of ``run``: ``single`` on the base config (``model.width`` is set when fitted)."""
+        return SuiteRun(name=run.name + CONTROL_SUFFIX, method={"name": "single"}, budget=run.budget)
 
     def run_config(self, run: SuiteRun, seed: int) -> dict[str, Any]:
         """The run's config dict (base + method + overrides, ``train.seed = seed``), before budget fitting."""
@@ -136,6 +155,12 @@ def load_suite(path: str | Path) -> Suite:
     for name in names:
         if not _NAME.match(name):
             raise UserError(f"suite {path}: run name {name!r} must be letters, digits, '_', '-' or '.'")
+    if isinstance(suite.equal_flops_control, list):
+        unknown = [n for n in suite.equal_flops_control if n not in names]
+        if unknown:
+            raise UserError(f"suite {path}: equal_flops_control: no run named {unknown[0]} (runs: {', '.join(names)})")
+    if any(n.endswith(CONTROL_SUFFIX) for n in names):
+        raise UserError(f"suite {path}: run names ending in {CONTROL_SUFFIX} are reserved for equal-FLOPs controls")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UserError(f"suite {path}: run names must be unique; repeated: {', '.join(dupes)}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ensemblekit.bench.results import get_path
+from ensemblekit.bench.results import get_cost
 from ensemblekit.errors import shorten
-from ensemblekit.metrics.sparse_costs import LEGACY_KEYS
 from ensemblekit.run_dir import read_metrics
 
 COLUMNS: list[tuple[str, str, str]] = [
@@ -16,6 +15,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("M", "num_members", "d"),
     ("params", "costs.params", ",d"),
     ("unique params", "costs.unique_params", ",d"),
+    ("params used", "costs.inference_params", ",d"),
     ("FLOPs x single", "costs.inference_flops_vs_single", ".2f"),
     ("train epoch-eq", "costs.train_epoch_equivalents", ".2f"),
     ("train s", "costs.train_seconds", ".0f"),
@@ -56,21 +56,17 @@ SPARSE_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-def _value(record: dict[str, Any], path: str) -> Any:
-    """The value at ``path``; for a sparse-cost key, runs written before the shared schema are read too."""
-    value = get_path(record, path)
-    if value is None and path.startswith("costs."):
-        legacy = LEGACY_KEYS.get(path.removeprefix("costs."))
-        value = None if legacy is None else get_path(record, f"costs.{legacy}")
-    return value
+_value = get_cost  # for a sparse-cost key, runs written before the shared schema are read too
 
 
 def comparison_table(run_dirs: list[str | Path]) -> str:
     """A Markdown table with one row per run directory (method, costs, accuracy, NLL, ECE, diversity).
 
-    ``disagree`` is the mean pairwise top-1 disagreement; ``Fort div`` divides it by the reference member's
-    error (Fort et al., 2019), averaged over ordered pairs. When a run reports sparse costs (``fission``,
-    ``subnetwork``), the sparse columns follow (``-`` for runs without masked weights).
+    ``params used`` counts the parameters the prediction uses (``unique params`` also counts stored networks that
+    inference never runs, as a subnetwork ensemble's parent). ``disagree`` is the mean pairwise top-1 disagreement;
+    ``Fort div`` divides it by the reference member's error (Fort et al., 2019), averaged over ordered pairs. When a
+    run reports sparse costs (``fission``, ``subnetwork``), the sparse columns follow (``-`` for runs without masked
+    weights).
     """
     records = [read_metrics(Path(run)) for run in run_dirs]
     columns = list(COLUMNS)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemblekit.training.checkpoint import umask_mode
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -72,6 +74,7 @@ class DecodeCache:
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
             meta = {"source": str(source), "fingerprint": fingerprint, "arrays": list(arrays)}
             (tmp / "meta.json").write_text(json.dumps(meta))
+            os.chmod(tmp, umask_mode(directory=True))  # mkdtemp made it 0o700: the umask decides, as for mkdir
             self._replace(tmp, entry)
         except OSError as e:
             log.warning("could not write decode cache entry %s: %s", entry, e)

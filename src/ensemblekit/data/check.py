@@ -23,7 +23,7 @@ def _checksum(files: list[tuple[Path, str]]) -> str:
     for path, key in files:
         if not path.is_file():
             return f"missing: {path.name}"
-        if md5_file(path) != cifar.MD5[key]:
+        if md5_file(path) != cifar.expected_md5(key):
             return f"mismatch: {path.name}"
     return "ok"
 

@@ -41,6 +41,7 @@ class LoadRequest:
     val_size: int
     classes: tuple[int, ...] | None = None
     image_size: tuple[int, int] | None = None
+    progress: str = "auto"
 
 
 @dataclass
@@ -56,7 +57,9 @@ class RawData:
 
 def _cifar(spec: CifarSpec, request: LoadRequest) -> RawData:
     root = resolve_root(request.root)
-    train, test, source = load_cifar(spec, root, download=request.download, cache_dir=request.cache_dir)
+    train, test, source = load_cifar(
+        spec, root, download=request.download, cache_dir=request.cache_dir, progress=request.progress
+    )
     return RawData(train, test, source, spec.mean, spec.std)
 
 
@@ -131,6 +134,7 @@ def load_data(
     cache_dir: str | os.PathLike[str] | None = None,
     classes: list[int] | None = None,
     image_size: tuple[int, int] | None = None,
+    progress: str = "auto",
 ) -> DataBundle:
     """Load a registered data set and split it.
 
@@ -154,6 +158,8 @@ def load_data(
         classes: Keep only these classes (before any split), labels remapped so that ``classes[j]``
             becomes ``j`` (see :mod:`ensemblekit.data.classes`); ``None`` keeps all.
         image_size: ``image_folder`` only: ``(H, W)`` every image is scaled to cover and centre-cropped to.
+        progress: Download progress on stderr: ``"auto"`` (a bar on a terminal, plain lines otherwise),
+            ``"bar"``, ``"plain"`` or ``"quiet"``.
 
     Returns:
         The :class:`DataBundle`.
@@ -173,6 +179,7 @@ def load_data(
         val_size,
         tuple(classes or ()) or None,
         image_size,
+        progress,
     )
     raw = loader(request)
     if classes is not None:

@@ -19,26 +19,33 @@ Every MotherNet and member exists from ``build()`` on (the MotherNets are checkp
 only writes values, deterministically (maps and noise come from a generator seeded by ``train.seed`` and the
 member index), so a re-run of the hook after a resume gives the same weights.
 
-Epoch budget: ``train.epochs`` = E is the per-member budget of training from scratch; by default the MotherNet
-gets round(``mother_fraction`` · E) epochs and every hatched member the rest (methods.md 3(e): 40 + 10 of 50).
+Epoch budget (``stop: fixed``, the default): ``train.epochs`` = E is the per-member budget of training from
+scratch; by default the MotherNet gets round(``mother_fraction`` · E) epochs and every hatched member the rest
+(methods.md 3(e): 40 + 10 of 50). ``stop: plateau`` trains as the paper does (steps 4 and 7: "until
+convergence"): the MotherNet and then every hatched member each train until their validation accuracy has not
+improved by more than ``min_delta`` for ``patience`` epochs, at most ``max_epochs`` each
+(:mod:`ensemblekit.training.stopping`; needs ``data.val_size`` > 0).
 Training cost = Σ_clusters T(MotherNet) + Σ_members T(member), in epochs of the largest member.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
+from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS
 from ensemblekit.methods.heterogeneous import HeterogeneousMembers, HeterogeneousOptions
 from ensemblekit.metrics import inference_flops
 from ensemblekit.models import build_model
 from ensemblekit.models.transforms import cluster_architectures, hatch, mother_spec, perturb_, refine_identity_bns
 from ensemblekit.training.stage import Stage, StageContext, StageHooks, optim_from_train, stage_from_train
+from ensemblekit.training.stopping import StopSpec
 
 
 class MotherNetsOptions(HeterogeneousOptions):
@@ -51,11 +58,22 @@ class MotherNetsOptions(HeterogeneousOptions):
         mother_epochs: Epochs of every MotherNet (default round(mother_fraction · train.epochs)).
         member_epochs: Epochs of every hatched member (default train.epochs − mother_epochs).
         member_lr: Peak learning rate of the hatched members' stages (default ``train.lr``).
-        noise: lambda of the post-hatching noise N(0, (lambda · std(W))^2) per weight tensor (0 = none).
+        noise: λ, the scale of the post-hatching noise: every conv/linear weight tensor W of a hatched member gets
+            W ← W + N(0, (λ·std(W))²) (0 = none). Wasay et al. (MotherNets, MLSys 2020) add "random noise
+            perturbation after hatching" to break the symmetry of the units Net2Net replicates (which otherwise
+            get identical gradients) and to make the members diverse; the paper gives no distribution or scale
+            (methods.md 3(a) step 6 recommends λ = 0.01, range 0.01–0.05). Ablation: docs/methods/mothernets.md.
         bn_batches: Training batches used to set the statistics of the BNs of identity layers added to VGG
             members (Net2Net; forward-only, charged to the cost); 0 keeps mean 0 / variance 1.
         from_scratch: Baseline switch: no MotherNet; every member trains ``train.epochs`` from its own random
             initialisation (the "same members trained from scratch" of the paper's comparisons).
+        stop: ``fixed`` (the epoch split above) or ``plateau``: every MotherNet and member stage trains until its
+            validation accuracy has not improved by more than ``min_delta`` for ``patience`` epochs, at most
+            ``max_epochs`` (the paper's "until convergence"; needs ``data.val_size`` > 0).
+        patience: ``plateau``: epochs without improvement that end a stage.
+        min_delta: ``plateau``: the smallest gain of validation accuracy that counts as an improvement.
+        max_epochs: ``plateau``: the cap of every stage (default ``train.epochs``; the ``train`` schedule is laid
+            out over the cap).
     """
 
     clusters: int = Field(default=1, ge=1)
@@ -66,11 +84,17 @@ class MotherNetsOptions(HeterogeneousOptions):
     noise: float = Field(default=0.01, ge=0.0)
     bn_batches: int = Field(default=4, ge=0)
     from_scratch: bool = False
+    stop: Literal["fixed", "plateau"] = "fixed"
+    patience: int = Field(default=5, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+    max_epochs: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _clusters_fit(self) -> MotherNetsOptions:
         if self.clusters > self.members:
             raise ValueError(f"clusters ({self.clusters}) cannot exceed the number of members ({self.members})")
+        if self.stop == "plateau" and (self.mother_epochs is not None or self.member_epochs is not None):
+            raise ValueError("mother_epochs/member_epochs apply to stop: fixed; with plateau use max_epochs")
         return self
 
 
@@ -85,6 +109,8 @@ class MotherNets(HeterogeneousMembers):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.options.stop == "plateau" and self.cfg.data.val_size == 0:
+            raise UserError("config error: method.stop: plateau needs a validation split: set data.val_size > 0")
         self.clusters: list[list[int]] = []
         self.mothers = nn.ModuleList()
 
@@ -107,8 +133,11 @@ class MotherNets(HeterogeneousMembers):
         return modules
 
     def epochs(self) -> tuple[int, int]:
-        """(MotherNet epochs, hatched-member epochs) of the recipe."""
+        """(MotherNet epochs, hatched-member epochs) of the recipe; with ``stop: plateau`` both are caps."""
         total, o = self.cfg.train.epochs, self.options
+        if o.stop == "plateau":
+            cap = o.max_epochs if o.max_epochs is not None else total
+            return (0 if o.from_scratch else cap), cap
         if o.from_scratch:
             return 0, total
         mother = o.mother_epochs if o.mother_epochs is not None else round(o.mother_fraction * total)
@@ -119,9 +148,15 @@ class MotherNets(HeterogeneousMembers):
         """Seed of member i's widening maps and noise."""
         return self.cfg.train.seed * 1000 + 700 + i
 
+    def stop_spec(self) -> StopSpec | None:
+        """The plateau stopping of every stage (``stop: plateau``), else None."""
+        o = self.options
+        return StopSpec(patience=o.patience, min_delta=o.min_delta) if o.stop == "plateau" else None
+
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
         train = self.cfg.train
         mother_epochs, member_epochs = self.epochs()
+        stop = self.stop_spec()
         stages = []
         for k, mother in enumerate(self.mothers):
             hook = functools.partial(self._hatch_cluster, k, ensemble)
@@ -133,6 +168,7 @@ class MotherNets(HeterogeneousMembers):
                     epochs=mother_epochs,
                     data_seed=train.seed * 1000 + 500 + k,
                     hooks=StageHooks(at_end=[hook]),
+                    stop=stop,
                 )
             )
         optim = optim_from_train(train)
@@ -141,7 +177,13 @@ class MotherNets(HeterogeneousMembers):
         for i, member in enumerate(ensemble.members):
             stages.append(
                 stage_from_train(
-                    f"member_{i}", member, train, epochs=member_epochs, optim=optim, data_seed=self.member_seed(i)
+                    f"member_{i}",
+                    member,
+                    train,
+                    epochs=member_epochs,
+                    optim=optim,
+                    data_seed=self.member_seed(i),
+                    stop=stop,
                 )
             )
         return stages

@@ -79,3 +79,57 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
     else:
         params = unique
     return {"params": int(params), "unique_params": int(unique), "trainable_params": int(trainable)}
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    """The floating tensors of a forward's output (a tensor, or a tuple / list / dict of them)."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors(item)]
+    if isinstance(output, dict):
+        return [t for item in output.values() for t in _tensors(item)]
+    return []
+
+
+def inference_parameter_count(module: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+    """Unique parameter elements that the prediction of ``module`` depends on (its parameters used at inference).
+
+    ``unique_params`` counts everything stored; an ensemble may store networks its prediction never runs (the
+    parent and the unselected candidates of Neural Subnetwork Ensembles, a teacher). A parameter counts here when
+    the eval-mode forward of a zero input of ``input_shape`` reaches it: autograd finds the parameters the output
+    depends on (``torch.autograd.grad(..., allow_unused=True)`` is ``None`` for the others), deduplicated like
+    ``unique_params``. Works on the meta device; nothing of ``module`` (mode, ``requires_grad``, ``.grad``) changes.
+
+    Args:
+        module: A network or an ensemble.
+        input_shape: The input's shape including the batch axis.
+
+    Returns:
+        The number of parameter elements used at inference.
+    """
+    params = list(module.parameters())
+    if not params:
+        return 0
+    flags = [p.requires_grad for p in params]
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        for p in params:
+            p.requires_grad_(True)
+        dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+        x = torch.zeros(input_shape, device=params[0].device, dtype=dtype)
+        with torch.enable_grad():
+            outputs = _tensors(module(x))
+            if not outputs:
+                return count_parameters(module)["unique_params"]
+            total = sum(t.float().sum() for t in outputs)
+            if not total.requires_grad:  # a forward that detaches its output: nothing to trace
+                return count_parameters(module)["unique_params"]
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training
+    return _unique(p for p, g in zip(params, grads, strict=True) if g is not None)[0]

@@ -77,7 +77,7 @@ def check_model_options(name: str, kwargs: dict[str, Any], *, internal: bool = F
     unknown = sorted(str(k) for k in kwargs if k in reserved or (not open_kwargs and k not in named))
     if unknown:
         valid = ", ".join(p for p in named if p not in INTERNAL_OPTIONS)
-        shown = ", ".join(shorten(k, 40) for k in unknown)
+        shown = ", ".join(k if k.isidentifier() else shorten(k, 40) for k in unknown)
         raise UserError(f"model {name!r} has no option(s) {shown}; valid: {valid}")
 
 

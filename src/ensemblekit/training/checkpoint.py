@@ -46,7 +46,7 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except OSError as exc:  # disk full, quota, permissions: the user's to fix
         Path(tmp).unlink(missing_ok=True)
@@ -66,6 +66,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain ``open`` (``0o666``) or ``mkdir`` (``0o777``) gives under the current umask.
+
+    For files and folders made by ``mkstemp``/``mkdtemp`` (``0o600``/``0o700``) and then renamed into place.
+    """
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:

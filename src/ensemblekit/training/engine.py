@@ -34,6 +34,7 @@ from ensemblekit.training.losses import member_cross_entropy
 from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups
 from ensemblekit.training.progress import Progress
 from ensemblekit.training.stage import Stage, StageContext
+from ensemblekit.training.stopping import PlateauStopper
 
 CHECKPOINT_FORMAT = 1
 
@@ -119,6 +120,10 @@ class Engine:
         max_loss: A mean training loss above this is divergence, like NaN or inf (``train.max_loss``).
         crop_padding: Zero padding of the random crop of the augmentation (``data.crop_padding``).
         flip: Random horizontal flips in the augmentation (``data.flip``).
+        logger: ``"csv"`` (``log.csv``, ``steps.csv``, ``events.jsonl``) or ``"tensorboard"`` (the same plus
+            TensorBoard scalars under ``tensorboard/``): ``runtime.logger``.
+        log_every_steps: Optimiser steps between per-step scalars (``runtime.log_every_steps``; each one reads
+            the loss, a device sync on accelerators).
     """
 
     def __init__(
@@ -138,6 +143,8 @@ class Engine:
         max_loss: float = float("inf"),
         crop_padding: int = 4,
         flip: bool = True,
+        logger: str = "csv",
+        log_every_steps: int = 10,
     ) -> None:
         self.fabric = fabric
         self.crop_padding, self.flip = crop_padding, flip
@@ -150,13 +157,16 @@ class Engine:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.is_main = fabric.global_rank == 0
         self.progress = progress if (progress is not None and self.is_main) else Progress("quiet")
-        self.logger = RunLogger(self.run_dir if self.is_main else None)
+        self.logger = RunLogger(self.run_dir if self.is_main else None, logger)
+        self.log_every_steps = log_every_steps
+        self.global_step = 0  # optimiser steps of the whole run (checkpointed): the x axis of per-step scalars
         self.max_steps_per_epoch = max_steps_per_epoch
         self.channels_last = channels_last
         self.max_loss = max_loss
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
         self.check_loss_every_step = checks_loss_every_step(fabric.device)
+        self.stopper: PlateauStopper | None = None  # the running stage's plateau stopping, when it has one
 
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupted:  # a second Ctrl-C stops at once
@@ -166,6 +176,17 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, stage_index: int, epoch: int, step: int, opt, sched, acc: dict[str, float]) -> dict[str, Any]:
+        """The resumable state.
+
+        After a stage (``epoch`` 0 of the next one), ``opt``/``sched`` are the finished stage's, kept under
+        ``finished_stage`` so that a finished single-stage run can later be extended (``ensemblekit.run_extend``).
+        """
+        between_stages = epoch == 0 and step == 0 and stage_index > 0 and opt is not None
+        if between_stages:
+            return {
+                **self._state(stage_index, 0, 0, None, None, acc),
+                "finished_stage": {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+            }
         return {
             "format": CHECKPOINT_FORMAT,
             "stage_index": stage_index,
@@ -177,6 +198,8 @@ class Engine:
             "rng": capture_rng_state(),
             "cost_meter": self.cost_meter.state_dict(),
             "epoch_accumulators": acc,
+            "global_step": self.global_step,
+            "stop": self.stopper.state_dict() if self.stopper is not None else None,
         }
 
     def save(self, stage_index: int, epoch: int, step: int = 0, opt=None, sched=None, acc=None) -> None:
@@ -201,6 +224,7 @@ class Engine:
                 raise UserError(f"checkpoint {path} does not match this run's model ({first[:160]})") from None
         self.cost_meter.load_state_dict(state["cost_meter"])
         restore_rng_state(state["rng"])
+        self.global_step = int(state.get("global_step", 0))
         return state
 
     # ------------------------------------------------------------------ helpers
@@ -298,34 +322,62 @@ class Engine:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
+        stopping = [s.name for s in stages if s.stop is not None]
+        if stopping and self.data.val is None:
+            raise UserError(f"plateau stopping (stage {stopping[0]!r}) needs a validation split: set data.val_size > 0")
         start_stage, start_epoch, start_step, saved = 0, 0, 0, None
         if resume_from is not None:
             saved = self.load(resume_from)
             start_stage, start_epoch, start_step = saved["stage_index"], saved["epoch"], saved["step"]
             dropped = self.logger.truncate_after(names, start_stage, start_epoch) if self.is_main else 0
+            dropped_steps = self.logger.truncate_steps_after(self.global_step) if self.is_main else 0
             self.logger.event(
-                "resume", stage_index=start_stage, epoch=start_epoch, step=start_step, dropped_rows=dropped
+                "resume",
+                stage_index=start_stage,
+                epoch=start_epoch,
+                step=start_step,
+                dropped_rows=dropped,
+                dropped_steps=dropped_steps,
             )
-            self.progress.message(f"resuming at stage {start_stage + 1}/{len(stages)}, epoch {start_epoch}")
+            self.progress.message(resume_message(stages, start_stage, start_epoch, start_step))
+        self.progress.start_run([(s.name, s.epochs, self._images_per_epoch(s)) for s in stages])
+        self.logger.open_tensorboard(purge_step=self.global_step if saved is not None else None)
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
         try:
             for index in range(start_stage, len(stages)):
                 resume = saved if index == start_stage and saved is not None else None
                 first_epoch, first_step = (start_epoch, start_step) if resume else (0, 0)
-                self._run_stage(index, stages[index], resume, first_epoch, first_step)
-                self.save(index + 1, 0)
+                finished = self._run_stage(index, stages[index], resume, first_epoch, first_step)
+                self.stopper = None
+                self.save(index + 1, 0, 0, *finished)
         finally:
+            self.logger.close()
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
 
-    def _run_stage(self, index: int, stage: Stage, saved: dict | None, start_epoch: int, start_step: int) -> None:
+    def _images_per_epoch(self, stage: Stage) -> int:
+        """Training images one process sees per epoch of ``stage`` (for the run's ETA)."""
+        n = len(stage.train_indices) if stage.train_indices is not None else len(self.data.train.labels)
+        n //= max(1, self.fabric.world_size)
+        if self.max_steps_per_epoch is not None:
+            n = min(n, self.max_steps_per_epoch * self.batch_size)
+        return n
+
+    def _run_stage(
+        self, index: int, stage: Stage, saved: dict | None, start_epoch: int, start_step: int
+    ) -> tuple[Any, Any]:
+        """Run one stage; return its optimiser and scheduler (``None, None`` when it trained nothing)."""
         fabric = self.fabric
+        optimizer = scheduler = None
         module = stage.module
         ctx = StageContext(
             stage=stage, stage_index=index, ensemble=self.modules["ensemble"], module=module, engine=self
         )
         self.cost_meter.start_stage(stage.name)
+        self.stopper = PlateauStopper(stage.stop) if stage.stop is not None else None
+        if self.stopper is not None and saved is not None and saved.get("stop") is not None:
+            self.stopper.load_state_dict(saved["stop"])
         self.logger.event("stage_start", stage=stage.name, index=index, epochs=stage.epochs, start_epoch=start_epoch)
         if stage.epochs > 0 and start_epoch < stage.epochs:
             loader = self.train_loader(stage)
@@ -340,21 +392,33 @@ class Engine:
                 scheduler.load_state_dict(saved["scheduler"])
             wrapped, optimizer = fabric.setup(module, optimizer)
             ctx.optimizer = optimizer
-            self.progress.start_stage(stage.name, stage.epochs, steps, start_epoch)
+            self.progress.start_stage(
+                stage.name,
+                stage.epochs,
+                steps,
+                start_epoch,
+                index=index,
+                batch_size=self.batch_size,
+                start_step=start_step,
+            )
             try:
                 for epoch in range(start_epoch, stage.epochs):
+                    if self.stopper is not None and self.stopper.stopped:
+                        break
                     acc = saved.get("epoch_accumulators", {}) if (saved and epoch == start_epoch) else {}
                     first = start_step if epoch == start_epoch else 0
                     self._run_epoch(ctx, wrapped, optimizer, scheduler, loader, epoch, steps, first, acc)
             finally:
                 self.progress.end_stage()
-        ctx.epoch = stage.epochs
+        stopped = self.stopper is not None and self.stopper.stopped
+        ctx.epoch = self.stopper.epochs_run if stopped else stage.epochs
         self.sync_buffers()
         for hook in stage.hooks.at_end:
             hook(ctx)
         self.logger.event(
             "stage_end", stage=stage.name, index=index, costs=self.cost_meter.summary()["stages"].get(stage.name)
         )
+        return optimizer, scheduler
 
     def _run_epoch(self, ctx, wrapped, optimizer, scheduler, loader, epoch, steps, first_step, acc) -> None:
         stage, fabric = ctx.stage, self.fabric
@@ -365,6 +429,7 @@ class Engine:
         correct = torch.tensor(acc.get("correct", 0.0), dtype=torch.float64, device=fabric.device)
         seen = int(acc.get("seen", 0))
         t0, images, flops = time.perf_counter(), 0, None
+        lr = optimizer.param_groups[0]["lr"]
         ctx.global_step = epoch * steps + first_step
         sync_free = self.check_loss_every_step
         for step, (x, y) in enumerate(loader):
@@ -394,6 +459,7 @@ class Engine:
             fabric.backward(loss)
             if stage.grad_clip is not None:
                 fabric.clip_gradients(wrapped, optimizer, max_norm=stage.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it on next)
             optimizer.step()
             scheduler.step()
             with torch.no_grad():
@@ -405,13 +471,19 @@ class Engine:
             self.cost_meter.add_step(batch * fabric.world_size, flops)
             ctx.step, ctx.loss = step, None
             ctx.global_step += 1
+            self.global_step += 1
+            if self.global_step % self.log_every_steps == 0:
+                row = {"epoch": epoch + 1, "step": step + 1, "global_step": self.global_step, "lr": lr}
+                self.logger.step({"stage": stage.name, **row, "loss": float(loss.detach())})
             for hook in stage.hooks.after_step:
                 hook(ctx)
-            if self.progress.mode == "bar" and (step % 10 == 0 or step == steps - 1):
-                dt = max(1e-9, time.perf_counter() - t0)
-                self.progress.step(epoch, self._stats(loss_sum, correct, seen, optimizer, images / dt), 1)
-            elif self.progress.mode == "bar":
-                self.progress.step(epoch, None, 1)
+            self.progress.step(
+                epoch,
+                step,
+                lambda lr=lr, ls=loss_sum, c=correct, n=seen, im=images: self._stats(
+                    ls, c, n, lr, im / max(1e-9, time.perf_counter() - t0)
+                ),
+            )
             if self._interrupted:
                 if not sync_free:
                     self._check_finite(loss_sum / max(seen, 1), stage, epoch, step)
@@ -424,16 +496,22 @@ class Engine:
         self._check_finite_weights(stage, epoch)
         seconds = time.perf_counter() - t0
         self.cost_meter.add_time(seconds)
-        stats = self._stats(loss_sum, correct, seen, optimizer, images / max(seconds, 1e-9))
+        stats = self._stats(loss_sum, correct, seen, lr, images / max(seconds, 1e-9))
         if self.data.val is not None:
             probs, labels = self.member_probs(stage.module, "val")
             val = ensemble_metrics(probs, labels, combine=getattr(stage.module, "combine", "probs"))
             stats.update(val_accuracy=val["accuracy"], val_nll=val["nll"])
         ctx.loss = stats["loss"]
+        if self.stopper is not None and self.stopper.update(stats, epoch + 1):
+            best = {"best": self.stopper.best, "best_epoch": self.stopper.best_epoch}
+            self.logger.event("plateau_stop", stage=stage.name, epoch=epoch + 1, monitor=stage.stop.monitor, **best)
+            self.progress.message(f"{stage.name}: {stage.stop.monitor} on a plateau, stopping after epoch {epoch + 1}")
         for hook in stage.hooks.after_epoch:
             hook(ctx)
         self.progress.end_epoch(epoch, stats)
         self.logger.epoch({"stage": stage.name, "epoch": epoch + 1, "seconds": seconds, **stats})
+        epoch_scalars = {f"epoch_{k}": v for k, v in stats.items() if k in ("loss", "acc", "val_accuracy", "val_nll")}
+        self.logger.scalars(stage.name, self.global_step, epoch_scalars)
         self.save(ctx.stage_index, epoch + 1, 0, optimizer, scheduler)
 
     def _check_finite(self, value: torch.Tensor, stage: Stage, epoch: int, step: int) -> None:
@@ -460,11 +538,16 @@ class Engine:
         raise NonFiniteLossError(f"training diverged: {what}; {kept}; try a lower train.lr or train.grad_clip")
 
     @staticmethod
-    def _stats(loss_sum, correct, seen, optimizer, img_s: float) -> dict[str, float]:
+    def _stats(loss_sum, correct, seen, lr: float, img_s: float) -> dict[str, float]:
+        """The epoch so far: mean loss and accuracy, the learning rate of the last step taken, images per second."""
         seen = max(1, seen)
-        return {
-            "loss": float(loss_sum) / seen,
-            "acc": float(correct) / seen,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "img_s": img_s,
-        }
+        return {"loss": float(loss_sum) / seen, "acc": float(correct) / seen, "lr": float(lr), "img_s": img_s}
+
+
+def resume_message(stages: list[Stage], stage_index: int, epoch: int, step: int) -> str:
+    """What a resumed run says about where it continues (a finished run only re-evaluates)."""
+    n = len(stages)
+    if stage_index >= n:
+        return f"all {n} stage(s) had finished: re-evaluating the final model"
+    where = f"epoch {epoch + 1}/{stages[stage_index].epochs}" + (f", step {step + 1}" if step else "")
+    return f"resuming at stage {stage_index + 1}/{n} ({stages[stage_index].name}), {where}"

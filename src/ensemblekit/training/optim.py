@@ -79,9 +79,15 @@ def lr_factor(spec: ScheduleSpec, step: int, steps_per_epoch: int, epochs: int, 
         (1 − 2τ) + 2τ·r for τ ≤ ½ and (2 − 2τ)·r + (2τ − 1) otherwise, r = final_ratio = α₂/α₁: α₁ → α₂ → α₁.
       * warm-up: linear (t+1)/W over the first W = warmup_epochs·steps_per_epoch steps, then the schedule
         over the remaining steps.
+
+    Milestones and warm-up are given in epochs of a course of ``spec.course_epochs`` = C epochs; the stage runs
+    the whole course over its E epochs, so they are scaled by E/C (a milestone m fires at stage epoch m·E/C).
     """
     total = max(1, steps_per_epoch * epochs)
-    warm = round(spec.warmup_epochs * steps_per_epoch)
+    course = spec.course_epochs
+    scaled = bool(course) and course != epochs
+    warmup = spec.warmup_epochs * epochs / course if scaled else spec.warmup_epochs
+    warm = round(warmup * steps_per_epoch)
     if step < warm:
         return (step + 1) / warm
     t, span = step - warm, max(1, total - warm)
@@ -92,6 +98,8 @@ def lr_factor(spec: ScheduleSpec, step: int, steps_per_epoch: int, epochs: int, 
         m = spec.min_lr / base_lr if base_lr > 0 else 0.0
         return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
     if name == "step":
+        if scaled:  # step/spe ≥ m·E/C, cross-multiplied so that integer milestones fire exactly on their step
+            return spec.gamma ** sum(1 for ms in spec.milestones if step * course >= ms * epochs * steps_per_epoch)
         epoch = step / max(1, steps_per_epoch)
         return spec.gamma ** sum(1 for ms in spec.milestones if epoch >= ms)
     if name == "cyclic_cosine":

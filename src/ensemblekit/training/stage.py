@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ensemblekit.config import TrainConfig
+from ensemblekit.training.stopping import StopSpec
 
 
 @dataclass
@@ -44,6 +45,12 @@ class ScheduleSpec:
     snapshot cycles: ``cycles`` restarts), ``flat_linear`` (the SWA/FGE schedule used by NFE and Prune-and-Tune:
     lr for the first half, linear to ``final_ratio``·lr at 90 %, then flat; computed per epoch), plus a linear
     warm-up of ``warmup_epochs`` in front of any of them except ``onecycle``.
+
+    ``course_epochs``: the length of the course in which ``milestones`` and ``warmup_epochs`` are given. A stage of
+    E epochs runs the whole course: epoch x of the course is epoch x·E/``course_epochs`` of the stage (a stage
+    built from the ``train`` section has ``course_epochs = train.epochs``, so a 40-epoch MotherNets member stage
+    of a 200-epoch course with milestones [60, 120, 160] decays at epochs 12, 24 and 32). ``None``: the stage's
+    own epochs (no scaling). The other schedules are laid out over the stage's steps anyway.
     """
 
     name: str = "cosine"
@@ -56,6 +63,7 @@ class ScheduleSpec:
     pct_start: float = 0.1
     div_factor: float = 100.0
     final_div_factor: float = 1.0e4
+    course_epochs: float | None = None
 
 
 @dataclass
@@ -93,7 +101,7 @@ ParamGroupsFn = Callable[[nn.Module], list[dict[str, Any]]]
 
 @dataclass
 class Stage:
-    """One stage of a recipe: train ``module`` for ``epochs`` epochs.
+    """One stage of a recipe: train ``module`` for ``epochs`` epochs (at most, with ``stop``).
 
     Args:
         name: Unique within the recipe (e.g. ``member_0``, ``parent``, ``mothernet``); shown and logged.
@@ -111,6 +119,9 @@ class Stage:
         label_smoothing: Label smoothing of the default loss.
         grad_clip: Optional max gradient norm.
         flops_per_image: Training forward FLOPs per image; measured by the engine when None.
+        stop: Optional plateau stopping (:class:`~ensemblekit.training.stopping.StopSpec`): ``epochs`` is then a
+            cap, and the stage ends once the validation metric has not improved for ``patience`` epochs. The
+            schedule is laid out over the cap.
     """
 
     name: str
@@ -128,6 +139,7 @@ class Stage:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     flops_per_image: float | None = None
+    stop: StopSpec | None = None
 
 
 def optim_from_train(train: TrainConfig) -> OptimSpec:
@@ -151,6 +163,7 @@ def schedule_from_train(train: TrainConfig) -> ScheduleSpec:
         warmup_epochs=train.warmup_epochs,
         cycles=train.cycles,
         min_lr=train.min_lr,
+        course_epochs=train.epochs,
     )
 
 

@@ -3,7 +3,9 @@
 Children can be produced at any time from the stored parent (methods.md section 2(a), step 4). ``grow`` rebuilds
 the run's ensemble with ``members + K`` children, loads ``model.pt`` (parent and existing children, bitwise),
 runs only the new children's ``child_i_make``/``child_i`` stages, re-evaluates on the test split and rewrites
-``model.pt``, ``config.yaml`` and ``metrics.json`` (each atomically). Costs add the new stages to the recorded
+``model.pt``, ``config.yaml`` and ``metrics.json`` (each atomically). The new stages' epochs are appended to
+``log.csv`` (and ``events.jsonl``); ``eval.json``, ``ood.json``, ``corruptions.json`` and ``interpolation.json``,
+computed from the smaller ensemble, are marked ``"stale"``. Costs add the new stages to the recorded
 ones; the previous metrics are kept under ``history``. Child i's randomness depends only on (seed, i, its group),
 so a grown run equals a run trained from the start with the grown ``config.yaml`` (for a partition with
 ``partition_parts`` unset, that config records the run's group size; see :func:`grown_config`).
@@ -18,8 +20,9 @@ import torch
 
 from ensemblekit.config import config_from_dict, config_to_dict
 from ensemblekit.errors import UserError
-from ensemblekit.methods.subnetwork.options import SubnetworkOptions, is_partitioned
+from ensemblekit.methods.subnetwork.options import SubnetworkOptions, group_size, is_partitioned
 from ensemblekit.run_dir import read_metrics, read_run_config, write_json, write_run_config
+from ensemblekit.run_extend import mark_stale
 from ensemblekit.run_lock import run_lock
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.logs import RunLogger
@@ -88,6 +91,7 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     if old_opts.get("candidates") not in (None, old_members):
         raise UserError("grow: this run selected its members from more candidates; growing it is not supported")
     new_cfg = grown_config(cfg, old_members, children)
+    _check_group_multiple(new_cfg, children)
 
     fabric = make_fabric(new_cfg)
     data = load_run_data(new_cfg)
@@ -104,6 +108,8 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
         new_cfg, fabric, data, {"ensemble": ensemble}, costs, run_dir=None, progress="quiet" if quiet else "auto"
     )
     channels_last, meter = engine.channels_last, engine.cost_meter
+    if fabric.global_rank == 0:
+        engine.logger = RunLogger(run_dir, new_cfg.runtime.logger)  # log.csv goes on; checkpoints/last.pt is kept
     new = range(old_members, old_members + children)
     engine.run(method.child_stages(ensemble, new))
 
@@ -132,8 +138,20 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
         save_model(model_path, new_cfg, ensemble, data)
         write_run_config(run_dir, new_cfg)
         write_json(run_dir / "metrics.json", record)
-        RunLogger(run_dir).event("grow", children=children, members=ensemble.num_members, metrics=result["metrics"])
+        stale = mark_stale(run_dir, f"computed before grow added {children} children to {old_members}")
+        RunLogger(run_dir).event(
+            "grow", children=children, members=ensemble.num_members, metrics=result["metrics"], stale=stale
+        )
     return record
+
+
+def _check_group_multiple(new_cfg, children: int) -> None:
+    """Refuse ``--children`` that cannot form whole groups (anti-random pairs, partitions of k) in one line."""
+    opts = SubnetworkOptions.model_validate(new_cfg.method.options())
+    size = group_size(opts, opts.candidates or opts.members)
+    if size > 1 and children % size:
+        what = f"{opts.masks} children come in pairs" if size == 2 else f"children come in groups of {size}"
+        raise UserError(f"grow: this run's {what}; --children must be a multiple of {size}, got {children}")
 
 
 def _load_existing(ensemble, state: dict | None, path: Path) -> None:

@@ -79,7 +79,8 @@ class Subnetwork(Method):
         size = self.group_size
         if size > 1 and self.candidates % size:
             what = f"{o.masks} pairs" if size == 2 and o.masks in PAIRED_MASKS else f"groups of {size}"
-            raise _fail("candidates", f"{self.candidates} children cannot form {what} (use a multiple of {size})")
+            field = "candidates" if o.candidates is not None else "members"  # name the field the user set
+            raise _fail(field, f"{self.candidates} children cannot form {what} (use a multiple of {size})")
 
     # ------------------------------------------------------------------ structure
     @property
