@@ -151,6 +151,7 @@ class Engine:
         self.max_loss = max_loss
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
+        self._stage_names: list[str] | None = None
         self.check_loss_every_step = checks_loss_every_step(fabric.device)
 
     def _on_sigint(self, signum, frame) -> None:
@@ -172,6 +173,7 @@ class Engine:
             "rng": capture_rng_state(),
             "cost_meter": self.cost_meter.state_dict(),
             "epoch_accumulators": acc,
+            "stage_names": self._stage_names,
         }
 
     def save(self, stage_index: int, epoch: int, step: int = 0, opt=None, sched=None, acc=None) -> None:
@@ -289,11 +291,18 @@ class Engine:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
+        self._stage_names = names
         start_stage, start_epoch, start_step, saved = 0, 0, 0, None
         if resume_from is not None:
             saved = self.load(resume_from)
+            if saved.get("stage_names") not in (None, names):
+                raise UserError(
+                    f"checkpoint {resume_from} was written for the stages {saved['stage_names']}, this run has {names}"
+                    " (was runtime.member_execution or the device changed?)"
+                )
             start_stage, start_epoch, start_step = saved["stage_index"], saved["epoch"], saved["step"]
-            dropped = self.logger.truncate_after(names, start_stage, start_epoch) if self.is_main else 0
+            log_names = [tuple(p.name for p in s.packed) if s.packed else s.name for s in stages]
+            dropped = self.logger.truncate_after(log_names, start_stage, start_epoch) if self.is_main else 0
             self.logger.event(
                 "resume", stage_index=start_stage, epoch=start_epoch, step=start_step, dropped_rows=dropped
             )
@@ -311,6 +320,10 @@ class Engine:
                 signal.signal(signal.SIGINT, previous)
 
     def _run_stage(self, index: int, stage: Stage, saved: dict | None, start_epoch: int, start_step: int) -> None:
+        if stage.packed is not None:
+            from ensemblekit.training.packed_loop import run_packed_stage
+
+            return run_packed_stage(self, index, stage, saved, start_epoch, start_step)
         fabric = self.fabric
         module = stage.module
         ctx = StageContext(

@@ -111,6 +111,8 @@ class Stage:
         label_smoothing: Label smoothing of the default loss.
         grad_clip: Optional max gradient norm.
         flops_per_image: Training forward FLOPs per image; measured by the engine when None.
+        packed: The member stages this stage trains together in one pass (``runtime.member_execution: packed``,
+            see ``ensemblekit.training.packed_members``); ``None`` for an ordinary stage.
     """
 
     name: str
@@ -128,6 +130,7 @@ class Stage:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     flops_per_image: float | None = None
+    packed: list[Stage] | None = None
 
 
 def optim_from_train(train: TrainConfig) -> OptimSpec:

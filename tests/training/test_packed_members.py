@@ -1,0 +1,111 @@
+"""Packed members (runtime.member_execution: packed) compute what sequential training computes."""
+
+import copy
+import csv
+
+import pytest
+import torch
+from lightning.fabric import Fabric
+
+from ensemblekit.config import config_from_dict
+from ensemblekit.data import load_data
+from ensemblekit.metrics import TrainCostMeter
+from ensemblekit.models import create_model
+from ensemblekit.runner import train
+from ensemblekit.training.engine import Engine
+from ensemblekit.training.packed_members import MemberPack, pack_member_stages, resolve_member_execution
+from ensemblekit.training.stage import OptimSpec, ScheduleSpec, Stage, StageHooks
+from tests.conftest import tiny_config
+
+
+def _members(n: int = 3) -> list[torch.nn.Module]:
+    torch.manual_seed(0)
+    return [create_model("resnet8", 10, width=0.25).double() for _ in range(n)]
+
+
+def _stages(members, epochs: int = 2, **kw) -> list[Stage]:
+    optim = OptimSpec(lr=0.05, weight_decay=5e-4, decay_bn_and_bias=False)
+    schedule = ScheduleSpec(name="cosine", warmup_epochs=0.5)
+    return [
+        Stage(f"member_{i}", m, epochs, optim=optim, schedule=schedule, data_seed=10 + i, flops_per_image=1.0, **kw)
+        for i, m in enumerate(members)
+    ]
+
+
+def _train(stages, members, data, max_steps: int = 3) -> None:
+    fabric = Fabric(accelerator="cpu", devices=1, precision="64-true")
+    meter = TrainCostMeter(1.0, len(data.train.labels))
+    modules = {"ensemble": torch.nn.ModuleList(members)}
+    Engine(fabric, data, modules, batch_size=16, cost_meter=meter, max_steps_per_epoch=max_steps).run(stages)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.5])
+def test_three_members_trained_packed_equal_sequential_training_in_float64(grad_clip):
+    data = load_data("synthetic", train_size=96, test_size=16)
+    seq = _members()
+    packed = copy.deepcopy(seq)
+    _train(_stages(seq, grad_clip=grad_clip), seq, data)
+    stages, notes = pack_member_stages(_stages(packed, grad_clip=grad_clip), "packed", torch.device("cpu"))
+    assert len(stages) == 1 and stages[0].packed is not None and notes == []
+    _train(stages, packed, data)
+    for a, b in zip(seq, packed):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            # the loss is float32 (as in the engine), hence a float32-sized tolerance
+            torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-6, msg=k)
+    # the members did train and differ (own initialisation and data order)
+    assert not torch.equal(seq[0].state_dict()["head.fc.weight"], seq[1].state_dict()["head.fc.weight"])
+
+
+def test_packing_keeps_stages_that_cannot_be_packed_sequential():
+    members = _members(4)
+    stages = [*_stages(members[:2]), Stage("hooked", members[2], 2, hooks=StageHooks(at_end=[print]))]
+    stages += _stages(members[3:])
+    out, notes = pack_member_stages(stages, "packed", torch.device("cpu"))
+    assert [s.name for s in out] == ["member_0+member_1", "hooked", "member_0"]
+    assert len(notes) == 1 and "'hooked' runs alone (it has hooks)" in notes[0]
+    assert pack_member_stages(stages, "loop", torch.device("cpu"))[0] == stages
+    assert pack_member_stages(stages, "auto", torch.device("cpu"))[0] == stages  # CPU: auto keeps the loop
+    other = _stages([members[0], create_model("resnet8", 10, width=0.5).double()])
+    assert len(pack_member_stages(other, "packed", torch.device("cpu"))[0]) == 2  # different architectures
+
+
+def test_auto_packs_small_members_on_cuda_only():
+    small = create_model("resnet8", 10, width=0.25)
+    assert resolve_member_execution("auto", torch.device("cuda"), small) == "packed"
+    assert resolve_member_execution("auto", torch.device("cpu"), small) == "loop"
+    assert resolve_member_execution("packed", torch.device("cpu"), small) == "packed"
+
+
+def test_member_pack_forward_and_write_back_match_the_members():
+    members = _members(2)
+    pack = MemberPack(members)
+    x = torch.randn(2, 4, 3, 32, 32, dtype=torch.float64)
+    pack.train(False)
+    out = pack.forward(x)
+    for i, m in enumerate(members):
+        m.eval()
+        torch.testing.assert_close(out[i], m(x[i]))
+    with torch.no_grad():
+        pack.params["head.fc.weight"][1].add_(1.0)
+        pack.buffers["stem.bn.running_mean"][0].add_(2.0)
+    before = members[1].head.fc.weight.clone()
+    pack.write_back()
+    torch.testing.assert_close(members[1].head.fc.weight, before + 1.0)
+    assert members[0].stem.bn.running_mean.min() > 1.0
+
+
+def test_packed_deep_ensemble_run_logs_and_charges_every_member(tmp_path):
+    base = tiny_config(method={"name": "deep_ensemble", "members": 3}, train={"epochs": 2})
+    loop = train(config_from_dict(base), tmp_path / "loop", quiet=True)
+    base["runtime"] = {**base["runtime"], "member_execution": "packed"}
+    packed = train(config_from_dict(base), tmp_path / "packed", quiet=True)
+    assert list(packed["costs"]["stages"]) == ["member_0", "member_1", "member_2"]
+    assert packed["costs"]["train_epoch_equivalents"] == pytest.approx(loop["costs"]["train_epoch_equivalents"])
+    rows = list(csv.DictReader((tmp_path / "packed" / "log.csv").open()))
+    assert sorted((r["stage"], r["epoch"]) for r in rows) == sorted(
+        (f"member_{i}", str(e)) for i in range(3) for e in (1, 2)
+    )
+    for a, b in zip(loop["members"], packed["members"]):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=0.05)
