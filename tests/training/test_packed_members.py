@@ -109,3 +109,52 @@ def test_packed_deep_ensemble_run_logs_and_charges_every_member(tmp_path):
     )
     for a, b in zip(loop["members"], packed["members"]):
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=0.05)
+
+
+@pytest.mark.parametrize("interrupt_at_step", [2, 9])
+def test_an_interrupted_packed_run_resumes_bitwise(tmp_path, monkeypatch, interrupt_at_step):
+    """Ctrl-C inside a packed stage (epoch 1, then epoch 2), resume: weights bitwise equal to an uninterrupted run."""
+    import os
+    import signal
+
+    from ensemblekit.metrics import TrainCostMeter as Meter
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    base = tiny_config(method={"name": "deep_ensemble", "members": 2}, train={"epochs": 2})
+    base["runtime"] = {**base["runtime"], "member_execution": "packed"}
+    cfg = config_from_dict(base)
+    train(cfg, tmp_path / "ref", quiet=True)
+    calls = {"n": 0}
+    add_step = Meter.add_step
+
+    def counting(self, *args, **kwargs):
+        add_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2 * interrupt_at_step:  # two members charged per packed step
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Meter, "add_step", counting)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, tmp_path / "run", quiet=True)
+    monkeypatch.setattr(Meter, "add_step", add_step)
+    train(cfg, tmp_path / "run", resume=True, quiet=True)
+    ref = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["state_dict"]
+    out = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref)
+    rows = [(r["stage"], r["epoch"]) for r in csv.DictReader((tmp_path / "run" / "log.csv").open())]
+    assert sorted(rows) == [("member_0", "1"), ("member_0", "2"), ("member_1", "1"), ("member_1", "2")]
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
+    base = tiny_config(method={"name": "deep_ensemble", "members": 2}, train={"epochs": 1})
+    train(config_from_dict(base), tmp_path / "run", quiet=True)
+    from ensemblekit.errors import UserError
+    from ensemblekit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    assert state["stage_names"] == ["member_0", "member_1"]
+    state["stage_names"] = ["member_0+member_1"]
+    save_checkpoint(path, state)
+    with pytest.raises(UserError, match="member_execution"):
+        train(config_from_dict(base), tmp_path / "run", resume=True, quiet=True)
