@@ -72,7 +72,7 @@ def test_cuda_batches_need_no_host_synchronisation():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for x, y in loader:
+        for x, _ in loader:
             x.sum()
     finally:
         torch.cuda.set_sync_debug_mode(0)

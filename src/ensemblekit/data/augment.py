@@ -21,7 +21,7 @@ def _check_uint8(images: torch.Tensor) -> None:
 def normalization_constants(
     mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` float32 ``[1, C, 1, 1]`` on ``device`` with ``pixel * scale - shift = (pixel/255 - mean)/std``.
+    """``(scale, shift)``, float32 ``[1, C, 1, 1]`` on ``device``: ``pixel·scale - shift = (pixel/255 - mean)/std``.
 
     scale = 1/(255·std) and shift = mean/std, rounded to float32 from float64. Build them once per loader: on an
     accelerator every construction is a host-to-device copy.

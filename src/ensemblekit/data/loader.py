@@ -25,7 +25,6 @@ import torch
 from ensemblekit.data.augment import crop_flip, crop_flip_params, normalization_constants, normalize
 from ensemblekit.data.tensors import ImageTensors
 
-
 PADDING = 4
 """Zero padding of the random crop (He et al., 2016: pad 4, crop 32x32)."""
 

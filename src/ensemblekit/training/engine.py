@@ -117,6 +117,9 @@ class Engine:
         channels_last: Feed image batches in channels-last memory format (faster convolutions on CPU; the
             modules must have been converted with ``.to(memory_format=torch.channels_last)``).
         max_loss: A mean training loss above this is divergence, like NaN or inf (``train.max_loss``).
+        fused_optimizer: Build fused SGD/AdamW kernels (CUDA; ``runtime.fused_optimizer``).
+        eval_autocast: Autocast dtype of evaluation forwards (``None``: float32); softmax stays float32.
+        compile_mode: ``torch.compile`` mode of the trained modules (``None``: eager; ``runtime.compile``).
     """
 
     def __init__(
@@ -134,6 +137,9 @@ class Engine:
         max_steps_per_epoch: int | None = None,
         channels_last: bool = False,
         max_loss: float = float("inf"),
+        fused_optimizer: bool = False,
+        eval_autocast: torch.dtype | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         self.fabric = fabric
         self.data = data
@@ -149,6 +155,9 @@ class Engine:
         self.max_steps_per_epoch = max_steps_per_epoch
         self.channels_last = channels_last
         self.max_loss = max_loss
+        self.fused_optimizer = fused_optimizer
+        self.eval_autocast = eval_autocast
+        self.compile_mode = compile_mode
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
         self._stage_names: list[str] | None = None
@@ -283,6 +292,7 @@ class Engine:
             batch_size=self.eval_batch_size,
             fabric=self.fabric,
             channels_last=self.channels_last,
+            autocast_dtype=self.eval_autocast,
         )
 
     # ------------------------------------------------------------------ the loop
@@ -337,12 +347,12 @@ class Engine:
             if steps == 0:
                 raise UserError(f"stage {stage.name!r}: the training set is smaller than one batch")
             groups = stage.param_groups(module) if stage.param_groups else default_param_groups(module, stage.optim)
-            optimizer = build_optimizer(groups, stage.optim)
+            optimizer = build_optimizer(groups, stage.optim, fused=self.fused_optimizer)
             scheduler = build_scheduler(optimizer, stage.schedule, steps, stage.epochs)
             if saved is not None and saved.get("optimizer") is not None:
                 optimizer.load_state_dict(saved["optimizer"])
                 scheduler.load_state_dict(saved["scheduler"])
-            wrapped, optimizer = fabric.setup(module, optimizer)
+            wrapped, optimizer = fabric.setup(self.compiled(module), optimizer)
             ctx.optimizer = optimizer
             self.progress.start_stage(stage.name, stage.epochs, steps, start_epoch)
             try:
@@ -383,7 +393,7 @@ class Engine:
                 x = x.contiguous(memory_format=torch.channels_last)
             if stage.prepare_batch is not None:
                 x, y = stage.prepare_batch(x, y)
-            out = wrapped(x)
+            out = wrapped(x) if step > first_step or self.compile_mode is None else self._first_compiled(wrapped, x)
             loss = (
                 stage.loss(out, y)
                 if stage.loss is not None
@@ -439,6 +449,21 @@ class Engine:
         self.progress.end_epoch(epoch, stats)
         self.logger.epoch({"stage": stage.name, "epoch": epoch + 1, "seconds": seconds, **stats})
         self.save(ctx.stage_index, epoch + 1, 0, optimizer, scheduler)
+
+    def compiled(self, module: nn.Module) -> nn.Module:
+        """``module`` under ``torch.compile`` with ``runtime.compile``'s mode, or ``module`` itself when off."""
+        return module if self.compile_mode is None else torch.compile(module, mode=self.compile_mode)
+
+    def _first_compiled(self, forward, x: torch.Tensor) -> torch.Tensor:
+        """The first forward of a compiled module: a compilation failure becomes one line (a ``UserError``)."""
+        try:
+            return forward(x)
+        except Exception as exc:  # torch._dynamo / inductor raise many types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(
+                f"runtime.compile={self.compile_mode}: this method cannot be compiled ({first}); "
+                "set runtime.compile: off"
+            ) from None
 
     def _check_finite(self, value: torch.Tensor, stage: Stage, epoch: int, step: int) -> None:
         """Stop a diverged run: a NaN/inf loss, or a mean loss above ``max_loss`` (an exploding run)."""

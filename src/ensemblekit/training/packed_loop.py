@@ -43,7 +43,8 @@ def run_packed_stage(
 
             raise UserError(f"stage {stage.name!r}: the training set is smaller than one batch")
         pack = MemberPack([s.module for s in members])
-        optimizer = build_optimizer(pack.param_groups(stage.optim.decay_bn_and_bias), stage.optim)
+        groups = pack.param_groups(stage.optim.decay_bn_and_bias)
+        optimizer = build_optimizer(groups, stage.optim, fused=engine.fused_optimizer)
         scheduler = build_scheduler(optimizer, stage.schedule, steps, stage.epochs)
         if saved is not None and saved.get("optimizer") is not None:
             optimizer.load_state_dict(saved["optimizer"])
@@ -81,6 +82,7 @@ def _run_packed_epoch(engine, ctx, pack: MemberPack, optimizer, scheduler, loade
     t0, images, flops = time.perf_counter(), 0, None
     ctx.global_step = epoch * steps + first_step
     sync_free = engine.check_loss_every_step
+    forward = pack.forward if engine.compile_mode is None else torch.compile(pack.forward, mode=engine.compile_mode)
     from ensemblekit.training.engine import FINITE_CHECK_EVERY, TrainingInterrupted, measure_stage_flops
 
     for step, batches in enumerate(zip(*loaders, strict=False)):
@@ -96,7 +98,9 @@ def _run_packed_epoch(engine, ctx, pack: MemberPack, optimizer, scheduler, loade
             xs = xs.to(dtype)
         batch = ys.shape[1]
         with fabric.autocast():
-            out = pack.forward(xs)
+            out = (
+                forward(xs) if step > first_step or engine.compile_mode is None else engine._first_compiled(forward, xs)
+            )
         losses = packed_member_losses(out, ys, stage.label_smoothing)
         if sync_free or (step + 1) % FINITE_CHECK_EVERY == 0:
             value = losses.detach() if sync_free else loss_sum / max(seen, 1)
