@@ -42,7 +42,7 @@ from ensemblekit.run_lock import run_lock
 from ensemblekit.training.checkpoint import atomic_torch_save, load_checkpoint
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.evaluate import collect_member_probs
-from ensemblekit.training.packed_members import pack_member_stages
+from ensemblekit.training.packed_members import pack_member_stages, repack_like
 from ensemblekit.training.progress import Progress
 from ensemblekit.training.replica_bn import use_replica_batchnorm
 
@@ -424,9 +424,13 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
         progress="quiet" if quiet else progress,
     )
     channels_last, meter = engine.channels_last, engine.cost_meter
+    recipe = method.recipe(ensemble)
     stages, notes = pack_member_stages(
-        method.recipe(ensemble), cfg.runtime.member_execution, fabric.device, world_size=fabric.world_size
+        recipe, cfg.runtime.member_execution, fabric.device, world_size=fabric.world_size
     )
+    if has_checkpoint:  # continue in the execution form the checkpoint was written in
+        saved_names = load_checkpoint(checkpoint_path(run_dir)).get("stage_names")
+        stages = (repack_like(recipe, saved_names) if saved_names else None) or stages
     for note in notes:
         engine.progress.message(note)
     engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)

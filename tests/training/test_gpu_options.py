@@ -108,3 +108,29 @@ def test_runtime_compile_trains_through_the_compiled_module(tmp_path, monkeypatc
     cfg = tiny_config(runtime={"accelerator": "cpu", "num_threads": 1, "compile": "default"}, train={"epochs": 1})
     record = train(config_from_dict(cfg), tmp_path / "run", quiet=True)
     assert calls == ["default"] and 0.0 <= record["metrics"]["accuracy"] <= 1.0
+
+
+def test_batch_preparation_runs_under_the_runs_autocast():
+    """A distillation teacher's forward (in ``prepare_batch``) runs in the run's precision, like the student's."""
+    from lightning.fabric import Fabric
+
+    from ensemblekit.data import load_data
+    from ensemblekit.metrics import TrainCostMeter
+    from ensemblekit.models import create_model
+    from ensemblekit.training.engine import Engine
+    from ensemblekit.training.stage import Stage
+
+    seen = []
+
+    def prepare(x, y):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return x, y
+
+    data = load_data("synthetic", train_size=16, test_size=8)
+    model = create_model("resnet8", 10, width=0.25)
+    for precision, expected in (("bf16-mixed", True), ("32-true", False)):
+        seen.clear()
+        fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+        engine = Engine(fabric, data, {"ensemble": model}, batch_size=8, cost_meter=TrainCostMeter(1.0, 16))
+        engine.run([Stage("s", model, 1, prepare_batch=prepare, flops_per_image=1.0)])
+        assert seen == [expected, expected], precision

@@ -13,7 +13,12 @@ from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.models import create_model
 from ensemblekit.runner import train
 from ensemblekit.training.engine import Engine
-from ensemblekit.training.packed_members import MemberPack, pack_member_stages, resolve_member_execution
+from ensemblekit.training.packed_members import (
+    MemberPack,
+    pack_member_stages,
+    repack_like,
+    resolve_member_execution,
+)
 from ensemblekit.training.stage import OptimSpec, ScheduleSpec, Stage, StageHooks
 from tests.conftest import tiny_config
 
@@ -69,6 +74,16 @@ def test_packing_keeps_stages_that_cannot_be_packed_sequential():
     assert pack_member_stages(stages, "auto", torch.device("cpu"))[0] == stages  # CPU: auto keeps the loop
     other = _stages([members[0], create_model("resnet8", 10, width=0.5).double()])
     assert len(pack_member_stages(other, "packed", torch.device("cpu"))[0]) == 2  # different architectures
+
+
+def test_a_resumed_run_keeps_the_execution_form_of_its_checkpoint():
+    stages = _stages(_members(3))
+    names = [s.name for s in stages]
+    again = repack_like(stages, ["member_0+member_1", "member_2"])
+    assert [s.name for s in again] == ["member_0+member_1", "member_2"] and again[0].packed == stages[:2]
+    assert repack_like(stages, names) == stages
+    assert repack_like(stages, ["member_0", "member_2"]) is None
+    assert repack_like(stages, ["member_1+member_0", "member_2"]) is None
 
 
 def test_auto_packs_small_members_on_cuda_only():
@@ -154,7 +169,7 @@ def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     assert state["stage_names"] == ["member_0", "member_1"]
-    state["stage_names"] = ["member_0+member_1"]
+    state["stage_names"] = ["member_0", "teacher"]
     save_checkpoint(path, state)
     with pytest.raises(UserError, match="member_execution"):
         train(config_from_dict(base), tmp_path / "run", resume=True, quiet=True)

@@ -392,7 +392,8 @@ class Engine:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if stage.prepare_batch is not None:
-                x, y = stage.prepare_batch(x, y)
+                with fabric.autocast():  # a teacher's forward (distillation) runs in the run's precision
+                    x, y = stage.prepare_batch(x, y)
             out = wrapped(x) if step > first_step or self.compile_mode is None else self._first_compiled(wrapped, x)
             loss = (
                 stage.loss(out, y)

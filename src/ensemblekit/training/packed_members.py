@@ -152,6 +152,23 @@ def pack_member_stages(
     return out, notes
 
 
+def repack_like(stages: list[Stage], names: list[str]) -> list[Stage] | None:
+    """The recipe ``stages`` packed as a checkpoint's recipe ``names`` was (``a+b`` names a packed stage).
+
+    A resumed run continues with the execution form it was checkpointed with, whatever the device now resolves
+    ``auto`` to. ``None`` when ``names`` does not describe ``stages``.
+    """
+    by_name = {s.name: s for s in stages}
+    out = []
+    for name in names:
+        parts = name.split("+")
+        if any(p not in by_name for p in parts):
+            return None
+        out.append(by_name[name] if len(parts) == 1 else packed_stage([by_name[p] for p in parts]))
+    covered = [p for name in names for p in name.split("+")]
+    return out if covered == [s.name for s in stages] else None
+
+
 class MemberPack:
     """The stacked parameters and buffers of members of one architecture, and their batched forward.
 

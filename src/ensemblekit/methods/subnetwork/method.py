@@ -249,7 +249,7 @@ class Subnetwork(Method):
         return steps if engine.max_steps_per_epoch is None else min(steps, engine.max_steps_per_epoch)
 
     def _annealer(self, i: int, tune: Stage):
-        cache: dict[str, int] = {}
+        cache: dict = {}
 
         def resample(ctx: StageContext) -> None:
             ensemble = ctx.ensemble
@@ -258,7 +258,10 @@ class Subnetwork(Method):
             steps = cache["steps"]
             if ctx.global_step > steps:
                 return  # the target mask has been in place since step T_a
-            masks = anneal.sample_masks(self.child_masks(i, ensemble), ctx.global_step, steps, *self._anneal_args(i))
+            if "targets" not in cache:  # the target masks on the child's device, copied once
+                device = next(ctx.module.parameters()).device
+                cache["targets"] = {n: t.to(device) for n, t in self.child_masks(i, ensemble).items()}
+            masks = anneal.sample_masks(cache["targets"], ctx.global_step, steps, *self._anneal_args(i))
             set_masks(ctx.module, masks)
 
         return resample
