@@ -173,3 +173,13 @@ def test_a_checkpoint_of_another_recipe_is_refused(tmp_path):
     save_checkpoint(path, state)
     with pytest.raises(UserError, match="member_execution"):
         train(config_from_dict(base), tmp_path / "run", resume=True, quiet=True)
+
+
+def test_packed_members_train_under_bf16_autocast(tmp_path):
+    base = tiny_config(method={"name": "bagging", "members": 2}, train={"epochs": 1})
+    base["runtime"] = {**base["runtime"], "member_execution": "packed", "precision": "bf16-mixed"}
+    record = train(config_from_dict(base), tmp_path / "run", quiet=True)
+    assert list(record["costs"]["stages"]) == ["member_0", "member_1"]
+    assert record["metrics"]["nll"] == record["metrics"]["nll"] and record["metrics"]["nll"] < 10
+    events = (tmp_path / "run" / "events.jsonl").read_text()
+    assert '"stage": "member_0+member_1"' in events  # the bootstrap members trained packed
