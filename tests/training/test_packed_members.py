@@ -183,3 +183,26 @@ def test_packed_members_train_under_bf16_autocast(tmp_path):
     assert record["metrics"]["nll"] == record["metrics"]["nll"] and record["metrics"]["nll"] < 10
     events = (tmp_path / "run" / "events.jsonl").read_text()
     assert '"stage": "member_0+member_1"' in events  # the bootstrap members trained packed
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ({"name": "deep_ensemble", "members": 3}, ["member_0+member_1+member_2"]),
+        ({"name": "bagging", "members": 2}, ["member_0+member_1"]),
+        (
+            {
+                "name": "mothernets",
+                "architectures": [{"name": "resnet8", "width": 0.5}] * 2 + [{"name": "resnet14", "width": 0.5}],
+            },
+            ["mother_0", "member_0+member_1", "member_2"],
+        ),
+    ],
+)
+def test_methods_with_independent_members_of_one_architecture_pack(method, expected):
+    from ensemblekit.runner import build_ensemble
+
+    cfg = config_from_dict(tiny_config(method=method, train={"epochs": 10}))  # MotherNets: 8 + 2 epochs
+    built, ensemble = build_ensemble(cfg, 10, 192)
+    stages, _ = pack_member_stages(built.recipe(ensemble), "packed", torch.device("cpu"))
+    assert [s.name for s in stages] == expected
