@@ -91,7 +91,7 @@ def _run_packed_epoch(engine, ctx, pack: MemberPack, optimizer, scheduler, loade
         if step < first_step:
             continue
         if flops is None:
-            flops = measure_stage_flops(members[0], *batches[0])
+            flops = stage.flops_per_image or measure_stage_flops(members[0], *batches[0])
         xs = torch.stack([x for x, _ in batches])
         ys = torch.stack([y for _, y in batches])
         if xs.is_floating_point() and xs.dtype != dtype and dtype in (torch.float32, torch.float64):

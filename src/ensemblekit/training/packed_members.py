@@ -115,6 +115,9 @@ def pack_member_stages(
 ) -> tuple[list[Stage], list[str]]:
     """Replace runs of consecutive packable stages (2 or more) by packed stages.
 
+    A stage marked ``hoist`` (0 epochs, hooks that only prepare the next stage's module, e.g. a subnetwork
+    child's ``make``) does not break a run: the set-ups of the packed members run first, then the members.
+
     Returns:
         The new recipe and notes saying why stages stayed sequential when ``packed`` was asked for.
     """
@@ -126,29 +129,38 @@ def pack_member_stages(
             notes.append("runtime.member_execution=packed: members run one after another with more than one process")
         return stages, notes
     out: list[Stage] = []
-    run: list[Stage] = []
+    run: list[Stage] = []  # trained stages that pack together
+    setups: list[list[Stage]] = []  # setups[i]: the hoistable set-up stages in front of run[i]
+    pending: list[Stage] = []
 
     def flush() -> None:
         if len(run) >= 2 and resolve_member_execution(setting, device, run[0].module) == "packed":
+            out.extend(s for group in setups for s in group)  # every member's set-up, then the members together
             out.append(packed_stage(run))
         else:
-            out.extend(run)
+            for group, stage in zip(setups, run, strict=True):
+                out.extend([*group, stage])
         run.clear()
+        setups.clear()
 
     for stage in stages:
-        alone = packing_blocker(stage)
-        joins = alone is None and run and packing_blocker(stage, run[0]) is None
-        if joins:
-            run.append(stage)
+        if stage.hoist and stage.epochs == 0:
+            pending.append(stage)
             continue
-        flush()
+        alone = packing_blocker(stage)
+        if not (alone is None and run and packing_blocker(stage, run[0]) is None):
+            flush()
         if alone is None:
             run.append(stage)
+            setups.append(pending)
+            pending = []
             continue
-        out.append(stage)
+        out.extend([*pending, stage])
+        pending = []
         if setting == "packed" and stage.epochs > 0 and stage.packed is None:
             notes.append(f"runtime.member_execution=packed: stage {stage.name!r} runs alone ({alone})")
     flush()
+    out.extend(pending)
     return out, notes
 
 
@@ -166,7 +178,7 @@ def repack_like(stages: list[Stage], names: list[str]) -> list[Stage] | None:
             return None
         out.append(by_name[name] if len(parts) == 1 else packed_stage([by_name[p] for p in parts]))
     covered = [p for name in names for p in name.split("+")]
-    return out if covered == [s.name for s in stages] else None
+    return out if sorted(covered) == sorted(s.name for s in stages) else None
 
 
 class MemberPack:

@@ -111,6 +111,8 @@ class Stage:
         label_smoothing: Label smoothing of the default loss.
         grad_clip: Optional max gradient norm.
         flops_per_image: Training forward FLOPs per image; measured by the engine when None.
+        hoist: A 0-epoch stage whose hooks only prepare the next stage's module (independent of the stages
+            before it), so packing may run it before earlier members train.
         packed: The member stages this stage trains together in one pass (``runtime.member_execution: packed``,
             see ``ensemblekit.training.packed_members``); ``None`` for an ordinary stage.
     """
@@ -130,6 +132,7 @@ class Stage:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     flops_per_image: float | None = None
+    hoist: bool = False
     packed: list[Stage] | None = None
 
 
