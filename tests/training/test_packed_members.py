@@ -72,6 +72,8 @@ def test_packing_keeps_stages_that_cannot_be_packed_sequential():
     assert len(notes) == 1 and "'hooked' runs alone (it has hooks)" in notes[0]
     assert pack_member_stages(stages, "loop", torch.device("cpu"))[0] == stages
     assert pack_member_stages(stages, "auto", torch.device("cpu"))[0] == stages  # CPU: auto keeps the loop
+    twice = [*_stages(members[:1]), *_stages(members[:1])]  # one module trained in two stages: never packed
+    assert pack_member_stages(twice, "packed", torch.device("cpu"))[0] == twice
     other = _stages([members[0], create_model("resnet8", 10, width=0.5).double()])
     assert len(pack_member_stages(other, "packed", torch.device("cpu"))[0]) == 2  # different architectures
 

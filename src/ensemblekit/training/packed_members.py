@@ -132,6 +132,7 @@ def pack_member_stages(
     run: list[Stage] = []  # trained stages that pack together
     setups: list[list[Stage]] = []  # setups[i]: the hoistable set-up stages in front of run[i]
     pending: list[Stage] = []
+    owned: set[int] = set()  # the parameters of the run's modules: packed members must not share any
 
     def flush() -> None:
         if len(run) >= 2 and resolve_member_execution(setting, device, run[0].module) == "packed":
@@ -148,11 +149,14 @@ def pack_member_stages(
             pending.append(stage)
             continue
         alone = packing_blocker(stage)
-        if not (alone is None and run and packing_blocker(stage, run[0]) is None):
+        shares = any(id(p) in owned for p in stage.module.parameters())  # e.g. one module trained in two stages
+        if not (alone is None and run and not shares and packing_blocker(stage, run[0]) is None):
             flush()
+            owned.clear()
         if alone is None:
             run.append(stage)
             setups.append(pending)
+            owned.update(id(p) for p in stage.module.parameters())
             pending = []
             continue
         out.extend([*pending, stage])
