@@ -168,6 +168,24 @@ class RuntimeConfig(_Section):
     log_every_steps: int = Field(default=10, gt=0, le=MAX_EPOCHS)
     progress_every_seconds: float = Field(default=30.0, gt=0, le=86_400)
     progress_every_steps: int | None = Field(default=None, gt=0, le=MAX_EPOCHS)
+    cudnn_benchmark: Literal["auto", "on", "off"] = "auto"
+    """``auto``: cuDNN autotuning on CUDA unless ``deterministic``."""
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    """``auto``: fused SGD/AdamW kernels on CUDA, PyTorch's default (foreach) elsewhere."""
+    eval_precision: Literal["run", "32"] = "run"
+    """``run``: evaluation forwards under the run's precision (softmax and metrics in float32); ``32``: float32."""
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
+    """``torch.compile`` mode of the trained modules (``off``: eager)."""
+
+    @field_validator("strategy")
+    @classmethod
+    def _no_spawn(cls, v: str) -> str:
+        if v == "ddp_spawn":
+            raise ValueError(
+                "ddp_spawn is not supported (Fabric can spawn a function, not the ensemblekit command); use ddp, "
+                "which starts one process per device"
+            )
+        return v
 
 
 class Config(_Section):

@@ -43,6 +43,7 @@ from ensemblekit.run_lock import run_lock
 from ensemblekit.training.checkpoint import atomic_torch_save, load_checkpoint
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.evaluate import collect_member_probs
+from ensemblekit.training.packed_members import pack_member_stages, repack_like
 from ensemblekit.training.progress import Progress
 from ensemblekit.training.replica_bn import use_replica_batchnorm
 
@@ -76,13 +77,37 @@ def make_fabric(cfg: Config):
         fabric.launch()
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = use_cudnn_benchmark(cfg, fabric.device)
     return fabric
 
 
+def use_cudnn_benchmark(cfg: Config, device: torch.device) -> bool:
+    """Whether cuDNN autotunes its convolution algorithms (``auto``: on CUDA unless ``runtime.deterministic``)."""
+    setting = cfg.runtime.cudnn_benchmark
+    return setting == "on" or (setting == "auto" and device.type == "cuda" and not cfg.runtime.deterministic)
+
+
+def use_fused_optimizer(cfg: Config, device: torch.device) -> bool:
+    """Whether SGD/AdamW use PyTorch's fused kernels (``auto``: on CUDA)."""
+    setting = cfg.runtime.fused_optimizer
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def eval_autocast_dtype(cfg: Config) -> torch.dtype | None:
+    """Autocast dtype of evaluation forwards: the run's mixed precision unless ``runtime.eval_precision: 32``."""
+    if cfg.runtime.eval_precision == "32":
+        return None
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(cfg.runtime.precision)
+
+
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    """Whether to run in channels-last memory format (``auto``: on CPU, where it speeds convolutions up)."""
+    """Whether to run in channels-last memory format.
+
+    ``auto``: on CPU and CUDA, where convolutions run faster in it (oneDNN on CPU, tensor-core cuDNN kernels on
+    CUDA; the built-in models are all convolutional).
+    """
     setting = cfg.runtime.channels_last
-    return setting == "on" or (setting == "auto" and device.type == "cpu")
+    return setting == "on" or (setting == "auto" and device.type in ("cpu", "cuda"))
 
 
 def load_run_data(cfg: Config, quiet: bool = False) -> DataBundle:
@@ -192,6 +217,9 @@ def make_engine(
         flip=cfg.data.flip,
         logger=cfg.runtime.logger,
         log_every_steps=cfg.runtime.log_every_steps,
+        fused_optimizer=use_fused_optimizer(cfg, fabric.device),
+        eval_autocast=eval_autocast_dtype(cfg),
+        compile_mode=None if cfg.runtime.compile == "off" else cfg.runtime.compile,
     )
 
 
@@ -231,9 +259,18 @@ def describe(cfg: Config) -> dict[str, Any]:
 
 
 def evaluate_ensemble(
-    ensemble: Ensemble, data: DataBundle, split: str, batch_size: int, fabric=None, channels_last: bool = False
+    ensemble: Ensemble,
+    data: DataBundle,
+    split: str,
+    batch_size: int,
+    fabric=None,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``ensemble`` on ``split``; with a validation split, also the temperature-scaled NLL."""
+    """Metrics of ``ensemble`` on ``split``; with a validation split, also the temperature-scaled NLL.
+
+    ``autocast_dtype`` runs the forwards under autocast (the run's precision); softmax and metrics are float32.
+    """
     split_data = data.test if split == "test" else data.val
     if split_data is None:
         raise UserError(f"this run has no {split} split (data.val_size is 0)")
@@ -243,6 +280,7 @@ def evaluate_ensemble(
         "batch_size": batch_size,
         "fabric": fabric,
         "channels_last": channels_last,
+        "autocast_dtype": autocast_dtype,
     }
     probs, labels = collect_member_probs(ensemble, split_data, **kw)
     if not bool(torch.isfinite(probs).all()):
@@ -440,12 +478,22 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
         progress="quiet" if quiet else progress,
     )
     channels_last, meter = engine.channels_last, engine.cost_meter
-    stages = method.recipe(ensemble)
+    recipe = method.recipe(ensemble)
+    stages, notes = pack_member_stages(
+        recipe, cfg.runtime.member_execution, fabric.device, world_size=fabric.world_size
+    )
+    if has_checkpoint:  # continue in the execution form the checkpoint was written in
+        saved_names = load_checkpoint(checkpoint_path(run_dir)).get("stage_names")
+        stages = (repack_like(recipe, saved_names) if saved_names else None) or stages
+    for note in notes:
+        engine.progress.message(note)
     engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)
     engine.run(stages, resume_from=checkpoint_path(run_dir) if has_checkpoint else None)
 
     torch.manual_seed(cfg.train.seed + 1)  # stochastic evaluation (MC dropout) is reproducible
-    result = evaluate_ensemble(ensemble, data, "test", cfg.data.eval_batch_size, fabric, channels_last)
+    result = evaluate_ensemble(
+        ensemble, data, "test", cfg.data.eval_batch_size, fabric, channels_last, engine.eval_autocast
+    )
     train_costs = meter.summary()
     record = {
         "method": cfg.method.name,

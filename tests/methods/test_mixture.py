@@ -32,7 +32,9 @@ def test_run_end_to_end_writes_finite_metrics(tmp_path, monkeypatch):
 
     optimizers = []
     real = engine_mod.build_optimizer
-    monkeypatch.setattr(engine_mod, "build_optimizer", lambda *a: optimizers.append(real(*a)) or optimizers[-1])
+    monkeypatch.setattr(
+        engine_mod, "build_optimizer", lambda *a, **k: optimizers.append(real(*a, **k)) or optimizers[-1]
+    )
     cfg = tiny_config(
         model=SMALL_MODEL, method={"name": "mixture", "members": 2, "param_budget": 0.5}, train={"epochs": 1}
     )

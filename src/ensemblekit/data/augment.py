@@ -18,13 +18,33 @@ def _check_uint8(images: torch.Tensor) -> None:
         raise ValueError(f"expected uint8 images [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalization_constants(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, float32 ``[1, C, 1, 1]`` on ``device``: ``pixel·scale - shift = (pixel/255 - mean)/std``.
+
+    scale = 1/(255·std) and shift = mean/std, rounded to float32 from float64. Build them once per loader: on an
+    accelerator every construction is a host-to-device copy.
+    """
+    std64 = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std64)).to(torch.float32).view(1, -1, 1, 1)
+    shift = (torch.tensor(mean, dtype=torch.float64) / std64).to(torch.float32).view(1, -1, 1, 1)
+    return scale.to(device), shift.to(device)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    constants: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Convert ``uint8 [B, C, H, W]`` pixels to float32 ``(pixel / 255 - mean[c]) / std[c]``.
 
     Args:
         images: ``uint8`` batch.
         mean: Per-channel mean of pixels scaled to ``[0, 1]``.
         std: Per-channel standard deviation of pixels scaled to ``[0, 1]``.
+        constants: ``normalization_constants(mean, std, images.device)``, when the caller keeps them.
 
     Returns:
         A new ``float32`` tensor of the same shape, on the same device.
@@ -32,9 +52,7 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     _check_uint8(images)
     if len(mean) != images.shape[1] or len(std) != images.shape[1]:
         raise ValueError(f"mean and std need {images.shape[1]} values, got {len(mean)} and {len(std)}")
-    std64 = torch.tensor(std, dtype=torch.float64)
-    scale = (1.0 / (255.0 * std64)).to(torch.float32).view(1, -1, 1, 1).to(images.device)
-    shift = (torch.tensor(mean, dtype=torch.float64) / std64).to(torch.float32).view(1, -1, 1, 1).to(images.device)
+    scale, shift = constants if constants is not None else normalization_constants(mean, std, images.device)
     return images.to(torch.float32).mul_(scale).sub_(shift)
 
 
@@ -97,6 +115,7 @@ def augment_batch(
     generator: torch.Generator,
     padding: int = 4,
     flip: bool = True,
+    constants: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Random crop with zero padding, random horizontal flip and normalisation of a whole batch.
 
@@ -107,10 +126,11 @@ def augment_batch(
         generator: Source of randomness; the same generator state gives the same output.
         padding: Zero padding on each side (0: no crop).
         flip: Whether to flip horizontally with probability 1/2.
+        constants: Normalisation constants on the images' device (see :func:`normalization_constants`).
 
     Returns:
         Normalised ``float32 [B, C, H, W]`` on the device of ``images``.
     """
     _check_uint8(images)
     rows, cols, flips = crop_flip_params(images.shape[0], padding, flip, generator)
-    return normalize(crop_flip(images, padding, rows, cols, flips), mean, std)
+    return normalize(crop_flip(images, padding, rows, cols, flips), mean, std, constants)

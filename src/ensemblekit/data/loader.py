@@ -22,8 +22,31 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ensemblekit.data.augment import augment_batch, normalize
+from ensemblekit.data.augment import crop_flip, crop_flip_params, normalization_constants, normalize
 from ensemblekit.data.tensors import ImageTensors
+
+PADDING = 4
+"""Zero padding of the random crop (He et al., 2016: pad 4, crop 32x32)."""
+
+
+def device_tensors(data: ImageTensors, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data``'s images and labels on ``device``, copied there once per split and device (kept on ``data``)."""
+    if device.type == "cpu":
+        return data.images, data.labels
+    copies = data.__dict__.setdefault("_device_copies", {})
+    key = str(device)
+    if key not in copies:
+        copies[key] = (data.images.to(device), data.labels.to(device))
+    return copies[key]
+
+
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; on CUDA through pinned memory without blocking the host."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def epoch_seed(seed: int, epoch: int, *stream: int) -> int:
@@ -93,7 +116,7 @@ class BatchLoader:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._on_device: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._constants: tuple[torch.Tensor, torch.Tensor] | None = None
         total = rows.numel()
         self._shard_len = total // world_size if shuffle else -(-total // world_size)
         self.num_samples = len(self) * batch_size if drop_last else self._shard_len
@@ -120,29 +143,48 @@ class BatchLoader:
             rows = torch.cat([rows, rows[-1:].expand(self._shard_len * world - rows.numel())])
         return rows[rank * self._shard_len : (rank + 1) * self._shard_len]
 
-    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.device.type == "cpu":
-            return self.data.images, self.data.labels
-        if self._on_device is None:
-            self._on_device = (self.data.images.to(self.device), self.data.labels.to(self.device))
-        return self._on_device
+    def epoch_plan(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        """The epoch's rows (:meth:`shard`) and, with ``augment``, its crop offsets and flips (CPU tensors).
+
+        The crop/flip parameters are drawn batch by batch, in order, from one CPU generator seeded by
+        ``(seed, epoch, 1, rank)``, so they are the same on every device and a pure function of the epoch.
+        """
+        shard = self.shard()
+        if not self.augment:
+            return shard, None
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 1, self.rank))
+        stop = min(len(self) * self.batch_size, shard.numel())
+        draws = [
+            crop_flip_params(min(self.batch_size, stop - start), self.crop_padding, self.flip, generator)
+            for start in range(0, stop, self.batch_size)
+        ]
+        if not draws:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return shard, (empty, empty, torch.zeros(0, dtype=torch.bool))
+        rows, cols, flips = (torch.cat(parts) for parts in zip(*draws, strict=True))
+        return shard, (rows, cols, flips)
 
     def iter_with_index(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(x float32 [B, 3, H, W], y int64 [B], idx int64 [B])``, all on ``device``.
 
-        ``idx`` holds the row numbers in ``data``; padded evaluation rows repeat the last row number.
+        ``idx`` holds the row numbers in ``data``; padded evaluation rows repeat the last row number. On an
+        accelerator the split is copied once (:func:`device_tensors`) and the epoch's rows and augmentation once
+        per epoch, so a batch costs no host-device copy and no synchronisation.
         """
-        images, labels = self._tensors()
-        shard = self.shard()
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 1, self.rank))
+        images, labels = device_tensors(self.data, self.device)
+        if self._constants is None:
+            self._constants = normalization_constants(self.mean, self.std, self.device)
+        shard, crops = self.epoch_plan()
+        shard = to_device_async(shard, self.device)
+        if crops is not None:
+            crops = tuple(to_device_async(t, self.device) for t in crops)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            idx = shard[start : start + self.batch_size].to(self.device)
+            idx = shard[start : start + self.batch_size]
             batch = images[idx]
-            if self.augment:
-                x = augment_batch(batch, self.mean, self.std, generator, self.crop_padding, self.flip)
-            else:
-                x = normalize(batch, self.mean, self.std)
-            yield x, labels[idx], idx
+            if crops is not None:
+                window = slice(start, start + len(idx))
+                batch = crop_flip(batch, self.crop_padding, crops[0][window], crops[1][window], crops[2][window])
+            yield normalize(batch, self.mean, self.std, self._constants), labels[idx], idx
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, _ in self.iter_with_index():

@@ -6,7 +6,9 @@ per severity (over corruptions), per corruption (over severities) and the mean o
 
 The corrupted images of chunk ``i`` (``CHUNK`` consecutive test images) are drawn from a generator seeded
 by ``(seed, corruption, severity, i)``, so results do not depend on the evaluation batch size and any
-cell can be recomputed alone.
+cell can be recomputed alone. The images are corrupted on the run's device (a GPU does the image work while
+the random numbers still come from the same CPU generators, so CPU and GPU corrupt alike up to float
+rounding) and stay there for the model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from ensemblekit.data import ImageTensors
 from ensemblekit.data.corruptions import corrupt
+from ensemblekit.data.loader import device_tensors
 from ensemblekit.evaluation.loading import LoadedRun
 from ensemblekit.metrics import ensemble_metrics
 
@@ -37,10 +40,17 @@ def chunk_generator(seed: int, name: str, severity: int, chunk: int) -> torch.Ge
     return torch.Generator().manual_seed(int(state[0]))
 
 
-def corrupted_split(split: ImageTensors, name: str, severity: int, seed: int = 0) -> ImageTensors:
-    """The whole split corrupted by ``name`` at ``severity`` (chunked and seeded as in the module docstring)."""
+def corrupted_split(
+    split: ImageTensors, name: str, severity: int, seed: int = 0, device: torch.device | str = "cpu"
+) -> ImageTensors:
+    """The whole split corrupted by ``name`` at ``severity`` (chunked and seeded as in the module docstring).
+
+    The images are corrupted on ``device`` (copied there once) and returned there; the random draws come from
+    the chunks' CPU generators whatever the device.
+    """
+    images = device_tensors(split, torch.device(device))[0]
     parts = [
-        corrupt(split.images[i : i + CHUNK], name, severity, chunk_generator(seed, name, severity, i // CHUNK))
+        corrupt(images[i : i + CHUNK], name, severity, chunk_generator(seed, name, severity, i // CHUNK))
         for i in range(0, len(split), CHUNK)
     ]
     return ImageTensors(torch.cat(parts), split.labels, list(split.classes))
@@ -79,7 +89,9 @@ def evaluate_corruptions(
         results[name] = {}
         for severity in severities:
             t0 = time.perf_counter()
-            corrupted = corrupted_split(split, name, severity, seed)
+            corrupted = corrupted_split(split, name, severity, seed, run.device)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()  # the corruption time ends when the device has finished
             t1 = time.perf_counter()
             probs = run.member_probs(corrupted)
             results[name][str(severity)] = _cell(probs, split.labels, combine)

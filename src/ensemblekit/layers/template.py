@@ -104,6 +104,8 @@ class TemplateLayer(nn.Module):
         self.register_buffer(
             "positions", torch.tensor(positions, dtype=torch.long).reshape(m, self.t), persistent=False
         )
+        # the template rows as an index tensor, built once (it follows the module's device)
+        self.register_buffer("row_index", torch.tensor(self._rows, dtype=torch.long), persistent=False)
         self.coefficients = nn.Parameter(torch.empty(m, self.t))
         self.bias = nn.Parameter(torch.zeros(r.shape[0])) if r.bias else None
 
@@ -115,7 +117,7 @@ class TemplateLayer(nn.Module):
         bank = self._bank.groups[self.group]
         if self._contiguous:
             return bank[self._rows[0] : self._rows[0] + len(self._rows)]
-        return bank.index_select(0, torch.tensor(self._rows, device=bank.device))
+        return bank.index_select(0, self.row_index)
 
     def dense_coefficients(self) -> torch.Tensor:
         """``A [M, K]``: member i's α scattered onto the columns of the templates it combines."""

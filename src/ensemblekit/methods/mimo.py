@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ensemblekit.data.loader import to_device_async
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.methods.base import METHODS, Method, MethodOptions
 from ensemblekit.models import build_model
@@ -104,7 +105,7 @@ def mimo_batch(
 
     Slot m of row n holds image ``idx[m, n]`` (:func:`mimo_indices`); its target is that image's label.
     """
-    idx = mimo_indices(len(x), members, repetitions, input_repetition).to(x.device)
+    idx = to_device_async(mimo_indices(len(x), members, repetitions, input_repetition), x.device)  # no host block
     packed = torch.cat([x[i] for i in idx], dim=1)
     return _keep_layout(packed, x), y[idx]
 

@@ -124,6 +124,9 @@ class Engine:
             TensorBoard scalars under ``tensorboard/``): ``runtime.logger``.
         log_every_steps: Optimiser steps between per-step scalars (``runtime.log_every_steps``; each one reads
             the loss, a device sync on accelerators).
+        fused_optimizer: Build fused SGD/AdamW kernels (CUDA; ``runtime.fused_optimizer``).
+        eval_autocast: Autocast dtype of evaluation forwards (``None``: float32); softmax stays float32.
+        compile_mode: ``torch.compile`` mode of the trained modules (``None``: eager; ``runtime.compile``).
     """
 
     def __init__(
@@ -145,6 +148,9 @@ class Engine:
         flip: bool = True,
         logger: str = "csv",
         log_every_steps: int = 10,
+        fused_optimizer: bool = False,
+        eval_autocast: torch.dtype | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         self.fabric = fabric
         self.crop_padding, self.flip = crop_padding, flip
@@ -163,8 +169,12 @@ class Engine:
         self.max_steps_per_epoch = max_steps_per_epoch
         self.channels_last = channels_last
         self.max_loss = max_loss
+        self.fused_optimizer = fused_optimizer
+        self.eval_autocast = eval_autocast
+        self.compile_mode = compile_mode
         self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir is not None else None
         self._interrupted = False
+        self._stage_names: list[str] | None = None
         self.check_loss_every_step = checks_loss_every_step(fabric.device)
         self.stopper: PlateauStopper | None = None  # the running stage's plateau stopping, when it has one
 
@@ -200,6 +210,7 @@ class Engine:
             "epoch_accumulators": acc,
             "global_step": self.global_step,
             "stop": self.stopper.state_dict() if self.stopper is not None else None,
+            "stage_names": self._stage_names,
         }
 
     def save(self, stage_index: int, epoch: int, step: int = 0, opt=None, sched=None, acc=None) -> None:
@@ -314,6 +325,7 @@ class Engine:
             batch_size=self.eval_batch_size,
             fabric=self.fabric,
             channels_last=self.channels_last,
+            autocast_dtype=self.eval_autocast,
         )
 
     # ------------------------------------------------------------------ the loop
@@ -325,11 +337,18 @@ class Engine:
         stopping = [s.name for s in stages if s.stop is not None]
         if stopping and self.data.val is None:
             raise UserError(f"plateau stopping (stage {stopping[0]!r}) needs a validation split: set data.val_size > 0")
+        self._stage_names = names
         start_stage, start_epoch, start_step, saved = 0, 0, 0, None
         if resume_from is not None:
             saved = self.load(resume_from)
+            if saved.get("stage_names") not in (None, names):
+                raise UserError(
+                    f"checkpoint {resume_from} was written for the stages {saved['stage_names']}, this run has {names}"
+                    " (was runtime.member_execution or the device changed?)"
+                )
             start_stage, start_epoch, start_step = saved["stage_index"], saved["epoch"], saved["step"]
-            dropped = self.logger.truncate_after(names, start_stage, start_epoch) if self.is_main else 0
+            log_names = [tuple(p.name for p in s.packed) if s.packed else s.name for s in stages]
+            dropped = self.logger.truncate_after(log_names, start_stage, start_epoch) if self.is_main else 0
             dropped_steps = self.logger.truncate_steps_after(self.global_step) if self.is_main else 0
             self.logger.event(
                 "resume",
@@ -368,6 +387,11 @@ class Engine:
         self, index: int, stage: Stage, saved: dict | None, start_epoch: int, start_step: int
     ) -> tuple[Any, Any]:
         """Run one stage; return its optimiser and scheduler (``None, None`` when it trained nothing)."""
+        if stage.packed is not None:
+            from ensemblekit.training.packed_loop import run_packed_stage
+
+            run_packed_stage(self, index, stage, saved, start_epoch, start_step)
+            return None, None
         fabric = self.fabric
         optimizer = scheduler = None
         module = stage.module
@@ -385,12 +409,12 @@ class Engine:
             if steps == 0:
                 raise UserError(f"stage {stage.name!r}: the training set is smaller than one batch")
             groups = stage.param_groups(module) if stage.param_groups else default_param_groups(module, stage.optim)
-            optimizer = build_optimizer(groups, stage.optim)
+            optimizer = build_optimizer(groups, stage.optim, fused=self.fused_optimizer)
             scheduler = build_scheduler(optimizer, stage.schedule, steps, stage.epochs)
             if saved is not None and saved.get("optimizer") is not None:
                 optimizer.load_state_dict(saved["optimizer"])
                 scheduler.load_state_dict(saved["scheduler"])
-            wrapped, optimizer = fabric.setup(module, optimizer)
+            wrapped, optimizer = fabric.setup(self.compiled(module), optimizer)
             ctx.optimizer = optimizer
             self.progress.start_stage(
                 stage.name,
@@ -443,8 +467,9 @@ class Engine:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if stage.prepare_batch is not None:
-                x, y = stage.prepare_batch(x, y)
-            out = wrapped(x)
+                with fabric.autocast():  # a teacher's forward (distillation) runs in the run's precision
+                    x, y = stage.prepare_batch(x, y)
+            out = wrapped(x) if step > first_step or self.compile_mode is None else self._first_compiled(wrapped, x)
             loss = (
                 stage.loss(out, y)
                 if stage.loss is not None
@@ -513,6 +538,21 @@ class Engine:
         epoch_scalars = {f"epoch_{k}": v for k, v in stats.items() if k in ("loss", "acc", "val_accuracy", "val_nll")}
         self.logger.scalars(stage.name, self.global_step, epoch_scalars)
         self.save(ctx.stage_index, epoch + 1, 0, optimizer, scheduler)
+
+    def compiled(self, module: nn.Module) -> nn.Module:
+        """``module`` under ``torch.compile`` with ``runtime.compile``'s mode, or ``module`` itself when off."""
+        return module if self.compile_mode is None else torch.compile(module, mode=self.compile_mode)
+
+    def _first_compiled(self, forward, x: torch.Tensor) -> torch.Tensor:
+        """The first forward of a compiled module: a compilation failure becomes one line (a ``UserError``)."""
+        try:
+            return forward(x)
+        except Exception as exc:  # torch._dynamo / inductor raise many types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(
+                f"runtime.compile={self.compile_mode}: this method cannot be compiled ({first}); "
+                "set runtime.compile: off"
+            ) from None
 
     def _check_finite(self, value: torch.Tensor, stage: Stage, epoch: int, step: int) -> None:
         """Stop a diverged run: a NaN/inf loss, or a mean loss above ``max_loss`` (an exploding run)."""

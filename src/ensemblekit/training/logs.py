@@ -118,8 +118,10 @@ class RunLogger:
             return
         _append_csv(self.run_dir / "log.csv", LOG_FIELDS, row)
 
-    def truncate_after(self, stage_names: list[str], stage_index: int, epoch: int) -> int:
+    def truncate_after(self, stage_names: list[str | tuple[str, ...]], stage_index: int, epoch: int) -> int:
         """Drop ``log.csv`` rows past (stage ``stage_index``, ``epoch``): a resumed run re-runs those epochs.
+
+        A tuple in ``stage_names`` names the member stages of one packed stage (rows logged per member).
 
         Returns:
             The number of rows dropped.
@@ -130,7 +132,7 @@ class RunLogger:
         raw = path.read_bytes()
         text = raw.decode("utf-8", errors="replace")  # a kill mid-write can leave a partial, undecodable row
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
-        order = {name: i for i, name in enumerate(stage_names)}
+        order = {n: i for i, name in enumerate(stage_names) for n in ((name,) if isinstance(name, str) else name)}
         keep = [
             r
             for r in rows

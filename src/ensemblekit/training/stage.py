@@ -122,6 +122,10 @@ class Stage:
         stop: Optional plateau stopping (:class:`~ensemblekit.training.stopping.StopSpec`): ``epochs`` is then a
             cap, and the stage ends once the validation metric has not improved for ``patience`` epochs. The
             schedule is laid out over the cap.
+        hoist: A 0-epoch stage whose hooks only prepare the next stage's module (independent of the stages
+            before it), so packing may run it before earlier members train.
+        packed: The member stages this stage trains together in one pass (``runtime.member_execution: packed``,
+            see ``ensemblekit.training.packed_members``); ``None`` for an ordinary stage.
     """
 
     name: str
@@ -140,6 +144,8 @@ class Stage:
     grad_clip: float | None = None
     flops_per_image: float | None = None
     stop: StopSpec | None = None
+    hoist: bool = False
+    packed: list[Stage] | None = None
 
 
 def optim_from_train(train: TrainConfig) -> OptimSpec:

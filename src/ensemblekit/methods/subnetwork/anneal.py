@@ -42,24 +42,34 @@ def keep_probability(step: int, anneal_steps: int, p0: float, schedule: Annealin
 
 
 def sample_mask(target: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """M ~ Bernoulli(P) with P = 1 on the target and p elsewhere (``target`` a {0,1} mask; CPU generator)."""
+    """M ~ Bernoulli(P) with P = 1 on the target and p elsewhere (``target`` a {0,1} mask).
+
+    The uniform draws are made on the generator's device (the target's, see :func:`sample_masks`), so on an
+    accelerator a step's masks cost no host work and no host-to-device copy.
+    """
     if p <= 0.0:
         return target.clone()
     if p >= 1.0:
         return torch.ones_like(target)
-    draw = (torch.rand(target.shape, generator=generator) < p).to(target.dtype)
+    draw = (torch.rand(target.shape, generator=generator, device=generator.device) < p).to(target.dtype)
     return torch.maximum(target, draw.to(target.device))
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of the mask drawn for optimiser step ``step`` of a child with mask seed ``seed``."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator (on ``device``) of the mask drawn for optimiser step ``step`` of a child with mask seed ``seed``.
+
+    The masks are a pure function of (seed, step) on each device type (CPU and CUDA draw different streams).
+    """
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
 
 
 def sample_masks(
     targets: dict[str, torch.Tensor], step: int, anneal_steps: int, p0: float, schedule: Annealing, seed: int
 ) -> dict[str, torch.Tensor]:
-    """The masks of every layer for optimiser step ``step`` (layers drawn in sorted-name order)."""
+    """The masks of every layer for optimiser step ``step`` (layers drawn in sorted-name order).
+
+    The draws are made on the targets' device (keep the targets there: no copy per step).
+    """
     p = keep_probability(step, anneal_steps, p0, schedule)
-    gen = step_generator(seed, step)
+    gen = step_generator(seed, step, next(iter(targets.values())).device if targets else "cpu")
     return {name: sample_mask(targets[name], p, gen) for name in sorted(targets)}

@@ -140,7 +140,8 @@ class Subnetwork(Method):
             child = ensemble.child_nets[i]
             tune = stage_from_train(f"child_{i}", child, train, epochs=o.child_epochs, optim=optim, schedule=schedule)
             tune.data_seed = self.member_seed(1 + i)
-            make = Stage(f"child_{i}_make", child, 0, hooks=StageHooks(at_end=[self._maker(ensemble, i, tune)]))
+            make_hooks = StageHooks(at_end=[self._maker(ensemble, i, tune)])
+            make = Stage(f"child_{i}_make", child, 0, hooks=make_hooks, hoist=True)  # sets up child i alone
             if o.family == "stochastic":
                 tune.hooks = StageHooks(after_step=[self._annealer(i, tune)], at_end=[self._finish_annealing(i)])
             stages += [make, tune]
@@ -250,7 +251,7 @@ class Subnetwork(Method):
         return steps if engine.max_steps_per_epoch is None else min(steps, engine.max_steps_per_epoch)
 
     def _annealer(self, i: int, tune: Stage):
-        cache: dict[str, int] = {}
+        cache: dict = {}
 
         def resample(ctx: StageContext) -> None:
             ensemble = ctx.ensemble
@@ -259,7 +260,10 @@ class Subnetwork(Method):
             steps = cache["steps"]
             if ctx.global_step > steps:
                 return  # the target mask has been in place since step T_a
-            masks = anneal.sample_masks(self.child_masks(i, ensemble), ctx.global_step, steps, *self._anneal_args(i))
+            if "targets" not in cache:  # the target masks on the child's device, copied once
+                device = next(ctx.module.parameters()).device
+                cache["targets"] = {n: t.to(device) for n, t in self.child_masks(i, ensemble).items()}
+            masks = anneal.sample_masks(cache["targets"], ctx.global_step, steps, *self._anneal_args(i))
             set_masks(ctx.module, masks)
 
         return resample
