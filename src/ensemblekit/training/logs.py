@@ -105,11 +105,7 @@ class RunLogger:
             if None not in r and str(r.get("global_step") or "").isdigit() and int(r["global_step"]) <= global_step
         ]
         if len(keep) != len(rows) or not raw.endswith(b"\n"):
-            body = io.StringIO()
-            writer = csv.DictWriter(body, fieldnames=STEP_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(keep)
-            atomic_write_bytes(path, lambda f: f.write(body.getvalue().encode()))
+            _rewrite_csv(path, STEP_FIELDS, keep)
         return len(rows) - len(keep)
 
     def epoch(self, row: dict[str, Any]) -> None:
@@ -139,11 +135,7 @@ class RunLogger:
             if _complete(r) and (order.get(r["stage"], len(order)), int(r["epoch"])) <= (stage_index, epoch)
         ]
         if len(keep) != len(rows) or not raw.endswith(b"\n") or not text.startswith(",".join(LOG_FIELDS)):
-            body = io.StringIO()
-            writer = csv.DictWriter(body, fieldnames=LOG_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(keep)
-            atomic_write_bytes(path, lambda f: f.write(body.getvalue().encode()))
+            _rewrite_csv(path, LOG_FIELDS, keep)
         return len(rows) - len(keep)
 
     def event(self, kind: str, **fields: Any) -> None:
@@ -163,6 +155,15 @@ def _append_csv(path: Path, fields: list[str], row: dict[str, Any]) -> None:
         if new:
             writer.writeheader()
         writer.writerow({k: _fmt(row.get(k)) for k in fields})
+
+
+def _rewrite_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Replace ``path`` atomically by ``fields``' header and ``rows`` (a resumed run's log, cut back)."""
+    body = io.StringIO()
+    writer = csv.DictWriter(body, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, lambda f: f.write(body.getvalue().encode()))
 
 
 def _complete(row: dict[str | None, Any]) -> bool:
