@@ -2,6 +2,7 @@
 computes (outputs, gradients, BatchNorm statistics, state_dict) and train through the engine."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -66,6 +67,21 @@ def test_packed_paths_count_the_loops_flops():
     packed(torch.zeros(2, 3, 16, 16))  # build (cache) the packs before the hooks come
     assert inference_flops(packed, (1, 3, 16, 16)) == inference_flops(loop, (1, 3, 16, 16))
     assert sparse_inference_flops(packed, (1, 3, 16, 16)) == sparse_inference_flops(loop, (1, 3, 16, 16))
+
+
+def test_packed_paths_in_channels_last_equal_the_loop_without_a_vmap_fallback():
+    """The engine runs conv nets channels-last; vmap has no batching rule for channels-last pooling."""
+    _, loop = _structured(dtype=torch.float32)
+    loop.to(memory_format=torch.channels_last)
+    packed = copy.deepcopy(loop)
+    packed.path_execution = "packed"
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        z = packed(x)
+        z.sum().backward()
+    assert not [w for w in caught if "batching rule" in str(w.message)]
+    torch.testing.assert_close(z, loop(x), rtol=1e-4, atol=1e-5)
 
 
 def test_auto_packs_on_cuda_only_and_packed_needs_thin_copies():

@@ -82,6 +82,8 @@ class CopyPack:
         def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(template, {**p, **b}, (x,))
 
+        # contiguous inputs: vmap has no batching rule for channels-last adaptive pooling (it falls back to a loop);
+        # the stacked weights keep the copies' layout (contiguous ones measured 1.3x slower on CPU)
         out = vmap(one, randomness="different")(params, buffers, xs.contiguous())
         if self.template.training and buffers:  # BatchNorm updated the stacked statistics: write them back
             with torch.no_grad():
