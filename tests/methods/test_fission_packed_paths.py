@@ -110,3 +110,24 @@ def test_packed_training_through_the_engine_matches_the_loop_run(tmp_path):
         torch.testing.assert_close(states["packed"][name], value, rtol=1e-3, atol=1e-4, msg=name)
     m = records["packed"]["metrics"]
     assert m["accuracy"] == pytest.approx(records["loop"]["metrics"]["accuracy"], abs=1 / 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_packs_on_cuda_and_equals_the_loop_in_bf16_autocast():
+    _, loop = _structured(dtype=torch.float32)
+    loop.path_execution = "loop"
+    loop.cuda().to(memory_format=torch.channels_last)
+    auto = copy.deepcopy(loop)
+    auto.path_execution = "auto"
+    x = torch.randn(8, 3, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), device="cuda")
+    outs = []
+    for net in (loop, auto):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            z = net(x)
+        fission_loss(z.float(), y).backward()
+        outs.append(z.float())
+    assert any(pack is not None for _, pack in auto._packer._packs.values())  # auto packed
+    torch.testing.assert_close(outs[1], outs[0], rtol=0.05, atol=0.05)
+    for (name, a), b in zip(loop.state_dict().items(), auto.state_dict().values(), strict=True):
+        torch.testing.assert_close(b.float(), a.float(), rtol=0.05, atol=0.05, msg=name)
