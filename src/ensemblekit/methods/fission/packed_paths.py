@@ -32,7 +32,6 @@ from torch.func import functional_call, vmap
 from ensemblekit.training.packed_members import architecture_signature
 
 PathExecution = Literal["auto", "loop", "packed"]
-PATH_EXECUTIONS: tuple[str, ...] = ("auto", "loop", "packed")
 
 
 def resolve_path_execution(setting: PathExecution, device: torch.device) -> Literal["loop", "packed"]:
