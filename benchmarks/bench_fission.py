@@ -1,23 +1,26 @@
 """Network Fission Ensembles: inference FLOPs and training-step time vs a single model, measured in one run.
 
 Builds, from the same config, the single backbone, the structured fission network (``grouping: channels``: thin
-dense paths) and the unstructured one (``grouping: balanced``: masked full-width copies), prunes/splits both
+dense paths; once with ``path_execution: loop``, once ``packed``, the packed one a copy of the loop's weights) and
+the unstructured one (``grouping: balanced``: masked full-width copies), prunes/splits both
 (SNIP on one batch) and prints
 
 * dense inference FLOPs / single (what dense kernels do; the issue's target for the structured mode: <= 1.1 at
   sparsity 0.5) and sparse inference FLOPs / single (non-zero weights only);
 * training-step time / single-model step (forward + backward + SGD step on the same batch; the fission loss with
   distillation for the ensembles, cross-entropy for the single model; target for the structured mode: <= 1.2 on
-  CPU). Rounds are interleaved so machine noise hits every variant alike; a ratio is the median over rounds of the
-  per-round ratio of mean step times. Compare ratios, not absolute times.
+  CPU; on GPU the packed structured mode's target is <= 0.7). Rounds are interleaved so machine noise hits
+  every variant alike; a ratio is the median over rounds of the per-round ratio of mean step times. Compare
+  ratios, not absolute times.
 
 Usage: python benchmarks/bench_fission.py [--model resnet20] [--exits 3] [--sparsity 0.5] [--batch 128]
-       [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda]
+       [--steps 5] [--rounds 3] [--threads N] [--device cpu|cuda] [--no-unstructured]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-unstructured", action="store_true", help="time the single and structured nets only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.threads:
@@ -67,17 +71,22 @@ def main() -> None:
     methods = {"structured": method, "unstructured": unstructured_method}
     single = method.single_backbone()
     nets = {"single": single, "structured": structured, "unstructured": unstructured}
+    if args.no_unstructured:
+        del nets["unstructured"]
     for name, net in nets.items():
         net.to(device, memory_format=fmt)
         if name != "single":
             methods[name].apply_fission(net, [(x[:64], y[:64])])
+    structured.path_execution = "loop"
+    nets["structured_packed"] = copy.deepcopy(structured)
+    nets["structured_packed"].path_execution = "packed"
 
     print(
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; {args.model}, "
         f"N={args.exits}, sparsity {args.sparsity}, batch {args.batch}, {args.steps} steps x {args.rounds} rounds"
     )
     single_flops = inference_flops(single, (1, 3, 32, 32))
-    for name in ("structured", "unstructured"):
+    for name in ("structured", "unstructured")[: 1 if args.no_unstructured else 2]:  # packed: structured's FLOPs
         counts = sparse_inference_flops(nets[name], (1, 3, 32, 32))
         print(
             f"{name:>12}: dense inference FLOPs / single = {counts['dense'] / single_flops:.3f}, "
@@ -106,14 +115,15 @@ def main() -> None:
 
     for name in nets:  # warm-up
         step(name)
-    ratios = {"structured": [], "unstructured": []}
+    ratios = {(name, "single"): [] for name in nets if name != "single"}
+    ratios[("structured_packed", "structured")] = []
     for _ in range(args.rounds):
         times = {name: timed(name) for name in nets}
-        for name in ratios:
-            ratios[name].append(times[name] / times["single"])
-    for name, values in ratios.items():
+        for (name, base), values in ratios.items():
+            values.append(times[name] / times[base])
+    for (name, base), values in ratios.items():
         print(
-            f"{name:>12}: training step / single step = {statistics.median(values):.3f} (rounds: "
+            f"{name:>17}: training step / {base} step = {statistics.median(values):.3f} (rounds: "
             + ", ".join(f"{v:.3f}" for v in values)
             + ")"
         )

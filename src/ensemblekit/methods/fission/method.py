@@ -89,6 +89,10 @@ class FissionOptions(MethodOptions):
             ranked in the global threshold. Unstructured groupings only.
         grasp_samples_per_class: GraSP scores on class-balanced batches of this many examples per class (10, the
             GraSP code's CIFAR-10 setting; ``score_batches`` such batches, ``score_batch_size`` is not used).
+        path_execution: How the copies of a stage (and the heads) run with ``grouping: channels``: ``loop`` (one
+            after another), ``packed`` (one batched pass over stacked parameters, a grouped convolution:
+            :mod:`ensemblekit.methods.fission.packed_paths`) or ``auto`` (packed on CUDA, loop on CPU). Same
+            function, gradients and checkpoints either way. The masked groupings always loop.
     """
 
     members: int = Field(default=3, ge=1)
@@ -104,9 +108,15 @@ class FissionOptions(MethodOptions):
     synflow_rounds: int = Field(default=100, ge=1)
     grasp_temperature: float = Field(default=200.0, gt=0.0)
     reference: Literal["corrected", "official"] = "corrected"
+    path_execution: Literal["auto", "loop", "packed"] = "auto"
 
     @model_validator(mode="after")
     def _official_fits(self) -> FissionOptions:
+        if self.path_execution == "packed" and self.grouping != "channels":
+            raise UserError(
+                "config error: method.path_execution: packed needs grouping: channels (masked copies always loop); "
+                "use auto or loop"
+            )
         if self.reference != "official":
             return self
         if self.grouping == "channels":
@@ -152,7 +162,9 @@ class Fission(Method):
         check_exits(ref, o.members)
         if o.grouping == "channels":
             spec = thin_spec(ref.spec, o.members, 1.0 - o.sparsity)
-            return thin_fission([build_model(spec) for _ in range(o.members)], o.members)
+            net = thin_fission([build_model(spec) for _ in range(o.members)], o.members)
+            net.path_execution = o.path_execution
+            return net
         official = o.reference == "official"
         if o.path_init == "split" and not official:
             nets = [ref] * o.members

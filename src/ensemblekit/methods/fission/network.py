@@ -11,6 +11,10 @@ traverse it; every path has its own head. For K = 3, N = 3 (the official ``train
 Layout: ``stages[s]`` (0-based) is an ``nn.ModuleList`` of min(s + 1, N) copies; path p runs copy p of stage s
 when p <= s and the main path's copy 0 before it branches. ``forward`` returns the exit logits ``[N, B, C]``
 (the method declares ``combine = "logits"``: p̃ = softmax(mean_i z_i)).
+
+``path_execution`` (``auto`` | ``loop`` | ``packed``) chooses how the copies of a stage run: one after another,
+or as one batched pass over stacked parameters (:mod:`ensemblekit.methods.fission.packed_paths`); ``auto``
+resolves per device at every forward. Both compute the same function from the same ``state_dict``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from ensemblekit.ensemble import Ensemble
+from ensemblekit.methods.fission.packed_paths import PathExecution, PathPacker, resolve_path_execution
 
 
 def copies_per_stage(num_stages: int, exits: int) -> list[int]:
@@ -40,9 +45,16 @@ class FissionNetwork(Ensemble):
         stem: The input module.
         stages: ``stages[s]`` is the list of copies of stage s (``len == min(s + 1, N)``).
         heads: One classifier head per path (N heads).
+        path_execution: ``loop``, ``packed`` or ``auto`` (packed on CUDA): see the module docstring.
     """
 
-    def __init__(self, stem: nn.Module, stages: Sequence[Sequence[nn.Module]], heads: Sequence[nn.Module]) -> None:
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[Sequence[nn.Module]],
+        heads: Sequence[nn.Module],
+        path_execution: PathExecution = "loop",
+    ) -> None:
         super().__init__()
         exits = len(heads)
         if exits < 1:
@@ -55,6 +67,8 @@ class FissionNetwork(Ensemble):
         self.stem = stem
         self.stages = nn.ModuleList(nn.ModuleList(copies) for copies in stages)
         self.heads = nn.ModuleList(heads)
+        self.path_execution: PathExecution = path_execution
+        self._packer = PathPacker()
 
     @property
     def num_members(self) -> int:
@@ -90,6 +104,8 @@ class FissionNetwork(Ensemble):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Exit logits ``[N, B, C]``; the main path's features are computed once and shared by the branches."""
+        if resolve_path_execution(self.path_execution, x.device) == "packed":
+            return self._packer.forward(self.stem, self.stages, self.heads, x)
         h = self.stem(x)
         main = []
         for copies in self.stages:
