@@ -1,0 +1,222 @@
+"""Where the (run, seed) tasks of a suite run: in this process, in N local processes, or as Ray tasks.
+
+``ensemblekit bench SUITE --out DIR --executor NAME``:
+
+* ``sequential`` (default): one task after another in the ``bench`` process, with progress output.
+* ``local --jobs N``: N tasks at once on this machine, each in a worker process (``spawn``, no Ray). A task whose
+  config leaves ``runtime.num_threads`` unset gets ``cpu_count // N`` threads, so N tasks do not oversubscribe
+  the cores.
+* ``ray [--address ADDR]``: every task is a Ray task asking for what it needs: ``runtime.devices`` GPUs when the
+  run trains on a GPU (``runtime.accelerator`` cuda/gpu, or auto on a cluster that has GPUs), else
+  ``runtime.num_threads`` CPUs (1 when unset). Without ``--address`` Ray starts a local instance for the suite;
+  with it (or ``auto``) the tasks go to an existing cluster, whose nodes must see ``--out`` at the same path (a
+  shared file system) and have ensemblekit installed.
+
+Every task writes its own state next to its run directory (:mod:`ensemblekit.bench.suite_status`), so the
+executors share nothing but the file system. An executor yields ``(task, entry)`` as tasks finish; a task that
+raised or whose process died becomes a ``failed`` entry and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ensemblekit.bench.suite import Suite, SuiteRun
+from ensemblekit.bench.suite_status import read_entry, write_entry
+from ensemblekit.errors import UserError, one_line
+
+EXECUTORS = ("sequential", "local", "ray")
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One run and seed of a suite (``control_of``: the run whose equal-FLOPs control this is)."""
+
+    suite: Suite
+    run: SuiteRun
+    seed: int
+    out: Path
+    control_of: SuiteRun | None = None
+    quiet: bool = False
+    progress: str = "auto"
+    num_threads: int | None = None  # runtime.num_threads where the run's config leaves it unset
+
+    @property
+    def key(self) -> str:
+        return f"{self.run.name}/seed{self.seed}"
+
+    def entry(self, state: str, **fields: Any) -> dict[str, Any]:
+        """A minimal entry of this task (for states recorded without a result from ``run_one``)."""
+        return {"run": self.run.name, "seed": self.seed, "dir": f"runs/{self.run.name}/seed{self.seed}",
+                "state": state, **fields}  # fmt: skip
+
+
+def execute_task(task: SuiteTask) -> dict[str, Any]:
+    """Run one task in this process and record its entry next to its run directory; return the entry.
+
+    Raises:
+        TrainingInterrupted: Ctrl-C; the entry says ``interrupted`` and the run's checkpoint was saved.
+    """
+    from ensemblekit.bench.run_suite import run_one
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    try:
+        entry = run_one(task.suite, task.run, task.seed, task.out, quiet=task.quiet, progress=task.progress,
+                        control_of=task.control_of, num_threads=task.num_threads)  # fmt: skip
+    except TrainingInterrupted:
+        write_entry(task.out, task.entry("interrupted"))
+        raise
+    write_entry(task.out, entry)
+    return entry
+
+
+def _died(task: SuiteTask, exc: BaseException, where: str) -> dict[str, Any]:
+    """The entry of a task that returned no entry (its process died, or the executor failed it)."""
+    from ensemblekit.training.engine import TrainingInterrupted
+
+    if isinstance(exc, TrainingInterrupted):
+        return read_entry(task.out, task.run.name, task.seed) or task.entry("interrupted")
+    entry = task.entry("failed", error=f"{where}: {exc.__class__.__name__}: {one_line(str(exc), 300)}")
+    write_entry(task.out, entry)
+    return entry
+
+
+def run_sequential(tasks: list[SuiteTask], say: Callable[[str], None]) -> Iterator[tuple[SuiteTask, dict]]:
+    """Each task in this process, in order (``TrainingInterrupted`` stops the suite)."""
+    for k, task in enumerate(tasks, 1):
+        say(f"[{k}/{len(tasks)}] {task.run.name} seed {task.seed}")
+        yield task, execute_task(task)
+
+
+def threads_per_task(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` concurrent tasks on this machine."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_local(tasks: list[SuiteTask], jobs: int) -> Iterator[tuple[SuiteTask, dict]]:
+    """``jobs`` tasks at once in spawned worker processes of this machine."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = threads_per_task(jobs)
+    tasks = [_with_threads(t, threads) for t in tasks]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(threads,)) as pool:  # fmt: skip
+        futures = {pool.submit(execute_task, t): t for t in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                entry = future.result()
+            except Exception as exc:  # a worker that died (killed, out of memory) breaks the pool: see --resume
+                entry = _died(task, exc, "local worker")
+            yield task, entry
+
+
+def _with_threads(task: SuiteTask, threads: int) -> SuiteTask:
+    return replace(task, quiet=True, num_threads=task.num_threads or threads)
+
+
+def _device_count(devices: int | str) -> int:
+    if isinstance(devices, int):
+        return devices
+    parts = [p for p in devices.replace(" ", "").split(",") if p]
+    if len(parts) > 1 or (parts and parts[0].startswith("[")):
+        return len(parts)
+    if parts and parts[0].isdigit():
+        return int(parts[0])
+    raise UserError(f"--executor ray needs a number of devices per run, not runtime.devices={devices!r}")
+
+
+def task_resources(raw: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
+    """``(num_cpus, num_gpus)`` a run asks Ray for, from its config's ``runtime`` section (module docstring)."""
+    from ensemblekit.config import config_from_dict
+
+    rt = config_from_dict(raw).runtime
+    devices = _device_count(rt.devices) * rt.num_nodes
+    on_gpu = rt.accelerator in ("cuda", "gpu") or (rt.accelerator == "auto" and cluster_gpus > 0)
+    threads = rt.num_threads or 1
+    if on_gpu:
+        return float(threads), float(devices)
+    return float(threads * devices), 0.0
+
+
+def _ray_task(task: SuiteTask, cwd: str, threads: int) -> dict[str, Any]:
+    """A task on a Ray worker: the driver's working directory (relative paths of the suite) and its threads."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    _init_worker(threads)
+    return execute_task(task)
+
+
+def run_ray(tasks: list[SuiteTask], address: str | None) -> Iterator[tuple[SuiteTask, dict]]:
+    """Each task as a Ray task; a local Ray instance unless ``address`` names a cluster (or Ray is initialized)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'ensemblekit[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        import logging
+
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise UserError(f"cannot start or reach {where}: {one_line(str(exc), 200)}") from None
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        remote = ray.remote(_ray_task)
+        refs = {}
+        for task in tasks:
+            cpus, n_gpus = task_resources(task.suite.run_config(task.run, task.seed), gpus)
+            task = replace(task, quiet=True, num_threads=task.num_threads or int(cpus))
+            ref = remote.options(num_cpus=cpus, num_gpus=n_gpus, max_retries=0).remote(task, os.getcwd(), int(cpus))
+            refs[ref] = task
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            task = refs[done[0]]
+            try:
+                entry = ray.get(done[0])
+            except Exception as exc:  # RayTaskError subclasses the task's exception; a dead worker too
+                entry = _died(task, exc, "ray task")
+            yield task, entry
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_tasks(
+    tasks: list[SuiteTask], executor: str, *, jobs: int | None, address: str | None, say: Callable[[str], None]
+) -> Iterator[tuple[SuiteTask, dict]]:
+    """The ``(task, entry)`` pairs of ``tasks`` run by ``executor``, as they finish."""
+    check_executor(executor, jobs, address)
+    if executor == "sequential":
+        return run_sequential(tasks, say)
+    if executor == "local":
+        return run_local(tasks, jobs or 1)
+    return run_ray(tasks, address)
+
+
+def check_executor(executor: str, jobs: int | None, address: str | None) -> None:
+    """Refuse options that do not belong to ``executor`` (one line)."""
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if jobs is not None and executor != "local":
+        raise UserError("--jobs is for --executor local (Ray schedules by the runs' resources)")
+    if jobs is not None and not 1 <= jobs <= 1024:
+        raise UserError(f"--jobs must be between 1 and 1024, got {jobs}")
+    if address is not None and executor != "ray":
+        raise UserError("--address is for --executor ray")
