@@ -30,7 +30,7 @@ from typing import Any
 from ensemblekit.bench.budget import RecipeCost, equal_flops_width, fit_epochs
 from ensemblekit.bench.executors import SuiteTask, check_executor, run_tasks
 from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
-from ensemblekit.bench.suite_status import assemble_status, read_status, run_dir_of, write_status
+from ensemblekit.bench.suite_status import assemble_status, has_entries, read_status, run_dir_of, write_status
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.run_dir import checkpoint_path, holds_run, read_run_config
@@ -43,13 +43,14 @@ def prepare_out(out: Path, suite_path: Path, resume: bool) -> dict[str, Any]:
     """Create (or, with ``resume``, reopen) the suite output directory; never clobber anything."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    has_suite = (out / "suite.json").is_file()
+    has_status = (out / "suite.json").is_file()
+    has_suite = has_status or has_entries(out)  # suite.json can be rebuilt from the runs' entries
     if has_suite and not resume:
         raise UserError(f"{out} already holds a suite's results; use --resume to continue it, or another --out")
     if out.is_dir() and not has_suite and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"--out {out} is not empty and holds no suite; choose an empty or new directory")
     out.mkdir(parents=True, exist_ok=True)
-    status = read_status(out) if has_suite else {"suite": None, "order": [], "runs": {}}
+    status = read_status(out) if has_status else {"suite": None, "order": [], "runs": {}}
     shutil.copyfile(suite_path, out / "suite.yaml")  # the suite as last given
     return status
 

@@ -51,6 +51,11 @@ def read_entry(out: Path, run: str, seed: int) -> dict[str, Any] | None:
         return None
 
 
+def has_entries(out: Path) -> bool:
+    """Whether ``out`` holds any run entry of a suite."""
+    return next((out / "runs").glob(f"*/seed*{ENTRY_SUFFIX}"), None) is not None
+
+
 def _entries(out: Path) -> list[dict[str, Any]]:
     found = []
     for path in sorted((out / "runs").glob(f"*/seed*{ENTRY_SUFFIX}")):
