@@ -112,8 +112,8 @@ def run_local(tasks: list[SuiteTask], jobs: int) -> Iterator[tuple[SuiteTask, di
     threads = threads_per_task(jobs)
     tasks = [_with_threads(t, threads) for t in tasks]
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:  # fmt: skip
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(threads,))
+    try:
         futures = {pool.submit(execute_task, t): t for t in tasks}
         for future in as_completed(futures):
             task = futures[future]
@@ -122,6 +122,10 @@ def run_local(tasks: list[SuiteTask], jobs: int) -> Iterator[tuple[SuiteTask, di
             except Exception as exc:  # a worker that died (killed, out of memory) breaks the pool: see --resume
                 entry = _died(task, exc, "local worker")
             yield task, entry
+    except BaseException:  # Ctrl-C (the workers save checkpoints) or the caller stopped: start no further task
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _with_threads(task: SuiteTask, threads: int) -> SuiteTask:
