@@ -148,3 +148,27 @@ def test_a_ray_task_asks_for_the_runs_devices(runtime, cluster_gpus, resources):
 def test_a_ray_task_needs_a_device_count():
     with pytest.raises(UserError, match="number of devices per run"):
         task_resources({"runtime": {"accelerator": "gpu", "devices": "auto"}}, 2)
+
+
+def _tasks(tmp_path, runtime):
+    from ensemblekit.bench.executors import SuiteTask
+    from ensemblekit.bench.suite import load_suite
+
+    path = tmp_path / "gpu.yaml"
+    base = {**BASE, "runtime": runtime}
+    path.write_text(yaml.safe_dump({"name": "g", "base": base, "runs": RUNS[:2]}))
+    suite = load_suite(path)
+    return [SuiteTask(suite, run, 0, tmp_path) for run in suite.runs]
+
+
+def test_local_workers_get_gpus_of_their_own(tmp_path):
+    from ensemblekit.bench.executors import gpu_slices
+
+    two_gpus = _tasks(tmp_path, {"accelerator": "gpu", "devices": 2})
+    assert gpu_slices(two_gpus, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
+    assert gpu_slices(two_gpus, 2, ["4", "5", "6", "7"]) == ["4,5", "6,7"]  # a Slurm allocation's GPUs
+    with pytest.raises(UserError, match="--jobs 3 runs of 2 GPU\\(s\\) each need 6 GPUs; this machine has 4"):
+        gpu_slices(two_gpus, 3, ["0", "1", "2", "3"])
+    assert gpu_slices(_tasks(tmp_path, {"accelerator": "auto"}), 2, ["0", "1"]) == ["0", "1"]
+    assert gpu_slices(_tasks(tmp_path, {"accelerator": "auto"}), 4, []) is None  # no GPU: CPU runs
+    assert gpu_slices(_tasks(tmp_path, {"accelerator": "cpu"}), 4, ["0"]) is None

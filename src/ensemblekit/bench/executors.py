@@ -5,7 +5,7 @@
 * ``sequential`` (default): one task after another in the ``bench`` process, with progress output.
 * ``local --jobs N``: N tasks at once on this machine, each in a worker process (``spawn``, no Ray). A task whose
   config leaves ``runtime.num_threads`` unset gets ``cpu_count // N`` threads, so N tasks do not oversubscribe
-  the cores.
+  the cores; runs on GPUs get ``runtime.devices`` GPUs of their own per worker (``CUDA_VISIBLE_DEVICES``).
 * ``ray [--address ADDR]``: every task is a Ray task asking for what it needs: ``runtime.devices`` GPUs when the
   run trains on a GPU (``runtime.accelerator`` cuda/gpu, or auto on a cluster that has GPUs), else
   ``runtime.num_threads`` CPUs (1 when unset). Without ``--address`` Ray starts a local instance for the suite;
@@ -97,22 +97,60 @@ def threads_per_task(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _init_worker(threads: int) -> None:
+def gpu_slices(tasks: list[SuiteTask], jobs: int, visible: list[str]) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` of each of ``jobs`` local workers when the tasks train on GPUs (else ``None``).
+
+    Worker k gets GPUs ``k*d .. k*d + d - 1`` of ``visible`` (this process's GPUs), d being the most GPUs a task
+    asks for (``runtime.devices``), so concurrent runs never share a GPU.
+    """
+    per_task = max(int(task_resources(t.suite.run_config(t.run, t.seed), len(visible))[1]) for t in tasks)
+    if per_task == 0:
+        return None
+    if jobs * per_task > len(visible):
+        raise UserError(
+            f"--jobs {jobs} runs of {per_task} GPU(s) each need {jobs * per_task} GPUs; this machine has "
+            f"{len(visible)}: lower --jobs"
+        )
+    return [",".join(visible[k * per_task : (k + 1) * per_task]) for k in range(jobs)]
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs as ``CUDA_VISIBLE_DEVICES`` entries (as set by the user or Slurm, else all)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None and given.strip():
+        return [d.strip() for d in given.split(",") if d.strip()][:count]
+    return [str(k) for k in range(count)]
+
+
+def _init_worker(threads: int, gpus=None) -> None:
+    """A worker's threads and, from the queue ``gpus`` of :func:`gpu_slices`, its own GPUs."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()  # before CUDA is initialised in this process
     import torch
 
     torch.set_num_threads(threads)
 
 
 def run_local(tasks: list[SuiteTask], jobs: int) -> Iterator[tuple[SuiteTask, dict]]:
-    """``jobs`` tasks at once in spawned worker processes of this machine."""
+    """``jobs`` tasks at once in spawned worker processes of this machine, each with its own GPUs (if any)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = threads_per_task(jobs)
     tasks = [_with_threads(t, threads) for t in tasks]
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(threads,))
+    slices = gpu_slices(tasks, jobs, visible_gpus()) if tasks else None
+    queue = None
+    if slices is not None:
+        queue = context.Queue()
+        for devices in slices:
+            queue.put(devices)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, queue))  # fmt: skip
     try:
         futures = {pool.submit(execute_task, t): t for t in tasks}
         for future in as_completed(futures):
