@@ -128,6 +128,16 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray fails
     with pytest.raises(UserError, match=r"pip install 'ensemblekit\[ray\]'"):
         run_suite(_suite(tmp_path, RUNS[:1]), tmp_path / "out", executor="ray", say=lambda _: None)
+    assert not (tmp_path / "out" / "suite.json").exists()  # refused before anything is written
+
+
+def test_an_unreachable_ray_cluster_is_a_one_line_error_before_anything_is_written(tmp_path):
+    pytest.importorskip("ray")
+    result = run_cli("bench", str(_suite(tmp_path)), "--out", str(tmp_path / "out"), "--executor", "ray",
+                     "--address", "127.0.0.1:1", timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "suite.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -202,31 +202,56 @@ def _ray_task(task: SuiteTask, cwd: str, threads: int) -> dict[str, Any]:
     return execute_task(task)
 
 
-def run_ray(tasks: list[SuiteTask], address: str | None) -> Iterator[tuple[SuiteTask, dict]]:
-    """Each task as a Ray task; a local Ray instance unless ``address`` names a cluster (or Ray is initialized)."""
+def _check_reachable(address: str) -> None:
+    """Refuse a ``host:port`` address nothing listens on (Ray itself would wait for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", a bare host name...: Ray resolves those
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def connect_ray(address: str | None) -> bool:
+    """Start a local Ray instance, or connect to the cluster at ``address``; return whether this call did it.
+
+    Nothing is done when Ray is already initialised in this process (the caller's ``ray.init``).
+    """
     try:
         import ray
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'ensemblekit[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        import logging
+    if ray.is_initialized():
+        return False
+    import logging
 
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise UserError(f"cannot start or reach {where}: {one_line(str(exc), 200)}") from None
+    if address is not None and address != "auto":
+        _check_reachable(address)
     try:
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        remote = ray.remote(_ray_task)
-        refs = {}
-        for task in tasks:
-            cpus, n_gpus = task_resources(task.suite.run_config(task.run, task.seed), gpus)
-            task = replace(task, quiet=True, num_threads=task.num_threads or int(cpus))
-            ref = remote.options(num_cpus=cpus, num_gpus=n_gpus, max_retries=0).remote(task, os.getcwd(), int(cpus))
-            refs[ref] = task
-        pending = list(refs)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise UserError(f"cannot start or reach {where}: {one_line(str(exc), 200)}") from None
+    return True
+
+
+def run_ray(tasks: list[SuiteTask]) -> Iterator[tuple[SuiteTask, dict]]:
+    """Each task as a Ray task, on the Ray instance or cluster :func:`connect_ray` connected to."""
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    remote = ray.remote(_ray_task)
+    refs = {}
+    for task in tasks:
+        cpus, n_gpus = task_resources(task.suite.run_config(task.run, task.seed), gpus)
+        task = replace(task, quiet=True, num_threads=task.num_threads or int(cpus))
+        ref = remote.options(num_cpus=cpus, num_gpus=n_gpus, max_retries=0).remote(task, os.getcwd(), int(cpus))
+        refs[ref] = task
+    pending = list(refs)
+    try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             task = refs[done[0]]
@@ -235,9 +260,10 @@ def run_ray(tasks: list[SuiteTask], address: str | None) -> Iterator[tuple[Suite
             except Exception as exc:  # RayTaskError subclasses the task's exception; a dead worker too
                 entry = _died(task, exc, "ray task")
             yield task, entry
-    finally:
-        if started:
-            ray.shutdown()
+    except BaseException:  # Ctrl-C or the caller stopped: cancel what has not finished
+        for ref in pending:
+            ray.cancel(ref)
+        raise
 
 
 def run_tasks(
@@ -249,7 +275,7 @@ def run_tasks(
         return run_sequential(tasks, say)
     if executor == "local":
         return run_local(tasks, jobs or 1)
-    return run_ray(tasks, address)
+    return run_ray(tasks)
 
 
 def check_executor(executor: str, jobs: int | None, address: str | None) -> None:

@@ -21,14 +21,16 @@ A finished run whose config no longer matches the suite is reported, never silen
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ensemblekit.bench.budget import RecipeCost, equal_flops_width, fit_epochs
-from ensemblekit.bench.executors import SuiteTask, check_executor, run_tasks
+from ensemblekit.bench.executors import SuiteTask, check_executor, connect_ray, run_tasks
 from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
 from ensemblekit.bench.suite_status import assemble_status, has_entries, read_status, run_dir_of, write_status
 from ensemblekit.config import config_from_dict
@@ -239,7 +241,7 @@ def run_suite(
     runs = select_runs(suite, only)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    with run_lock(out, "bench", create=True):  # one bench process per suite folder
+    with run_lock(out, "bench", create=True), executor_session(executor, address):  # one bench per suite folder
         previous = prepare_out(out, suite_path, resume)
         header = {"suite": suite.name, "order": _order(suite, suite.runs), "description": suite.description}
         status = assemble_status(out, header, previous)
@@ -250,6 +252,22 @@ def run_suite(
             for seed in range(seeds or suite.seeds)
         ]
         return _run_tasks(out, header, previous, tasks, executor, jobs, address, say)
+
+
+@contextlib.contextmanager
+def executor_session(executor: str, address: str | None) -> Iterator[None]:
+    """Connect to Ray (before anything is written) and disconnect at the end, for ``--executor ray``."""
+    if executor != "ray":
+        yield
+        return
+    started = connect_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def _run_tasks(out, header, previous, tasks, executor, jobs, address, say) -> dict[str, Any]:
