@@ -80,7 +80,11 @@ def _died(task: SuiteTask, exc: BaseException, where: str) -> dict[str, Any]:
 
     if isinstance(exc, TrainingInterrupted):
         return read_entry(task.out, task.run.name, task.seed) or task.entry("interrupted")
-    entry = task.entry("failed", error=f"{where}: {exc.__class__.__name__}: {one_line(str(exc), 300)}")
+    error = f"{where}: {exc.__class__.__name__}: {one_line(str(exc), 300)}"
+    if exc.__class__.__name__ == "BrokenProcessPool":
+        error = (f"{where} died (killed, out of memory, or a calling script without an "
+                 f"`if __name__ == '__main__':` guard, which spawned workers need); --resume retries it")  # fmt: skip
+    entry = task.entry("failed", error=error)
     write_entry(task.out, entry)
     return entry
 
@@ -136,7 +140,10 @@ def _init_worker(threads: int, gpus=None) -> None:
 
 
 def run_local(tasks: list[SuiteTask], jobs: int) -> Iterator[tuple[SuiteTask, dict]]:
-    """``jobs`` tasks at once in spawned worker processes of this machine, each with its own GPUs (if any)."""
+    """``jobs`` tasks at once in spawned worker processes of this machine, each with its own GPUs (if any).
+
+    Called from a script, the script needs an ``if __name__ == "__main__":`` guard (spawned workers import it).
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -195,9 +202,16 @@ def task_resources(raw: dict[str, Any], cluster_gpus: float) -> tuple[float, flo
 
 
 def _ray_task(task: SuiteTask, cwd: str, threads: int) -> dict[str, Any]:
-    """A task on a Ray worker: the driver's working directory (relative paths of the suite) and its threads."""
+    """A task on a Ray worker, in the driver's working directory and with its threads.
+
+    The directory makes the suite's relative paths work, and ``model.factory`` modules found there as by ``python -m``.
+    """
+    import sys
+
     if os.path.isdir(cwd):
         os.chdir(cwd)
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
     _init_worker(threads)
     return execute_task(task)
 
