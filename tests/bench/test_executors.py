@@ -182,3 +182,15 @@ def test_local_workers_get_gpus_of_their_own(tmp_path):
     assert gpu_slices(_tasks(tmp_path, {"accelerator": "auto"}), 2, ["0", "1"]) == ["0", "1"]
     assert gpu_slices(_tasks(tmp_path, {"accelerator": "auto"}), 4, []) is None  # no GPU: CPU runs
     assert gpu_slices(_tasks(tmp_path, {"accelerator": "cpu"}), 4, ["0"]) is None
+
+
+def test_a_local_worker_that_dies_is_a_failed_run_and_the_suite_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "dying_net.py").write_text("import os\n\n\ndef make(num_classes=10):\n    os._exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get this sys.path
+    runs = [RUNS[0], {"name": "dies", "method": {"name": "single"}, "set": {"model": {"factory": "dying_net:make"}}}]
+    out = tmp_path / "out"
+    status = run_suite(_suite(tmp_path, runs), out, executor="local", jobs=1, say=lambda _: None)
+    assert _states(status) == {"single/seed0": "done", "dies/seed0": "failed"}
+    assert "local worker died" in status["runs"]["dies/seed0"]["error"]
+    assert json.loads(entry_path(out, "dies", 0).read_text())["state"] == "failed"
+    assert [r["run"] for r in _results(out)] == ["single"]
