@@ -10,6 +10,7 @@ Commands::
     ensemblekit grow RUN_DIR --children K
     ensemblekit compare RUN_DIR...
     ensemblekit bench SUITE.yaml --out DIR [--resume] [--only NAME]... [--seeds N] [--quiet]
+                      [--executor sequential|local|ray] [--jobs N] [--address ADDR]
     ensemblekit report DIR
     ensemblekit list models|methods|datasets
     ensemblekit data check [--root DIR]
@@ -70,7 +71,9 @@ evaluated with BatchNorm in train mode (batch statistics of the evaluation batch
   ensemblekit compare runs/single runs/de""",
     "bench": """examples:
   ensemblekit bench configs/suites/quick.yaml --out runs/quick
-  ensemblekit bench configs/suites/quick.yaml --out runs/quick --resume --only deep_ensemble""",
+  ensemblekit bench configs/suites/quick.yaml --out runs/quick --resume --only deep_ensemble
+  ensemblekit bench configs/suites/quick.yaml --out runs/quick --executor local --jobs 4
+  ensemblekit bench configs/suites/cifar100-wrn28-10.yaml --out runs/c100 --executor ray --address auto""",
     "report": """example:
   ensemblekit report runs/quick""",
     "list": """examples:
@@ -144,6 +147,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--only", action="append", default=None, metavar="NAME", help="run only these runs (repeatable)")
     b.add_argument("--seeds", type=int, default=None, help="seeds per run (default: the suite's)")
     b.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
+    b.add_argument(
+        "--executor",
+        choices=["sequential", "local", "ray"],
+        default="sequential",
+        help="where the runs train: one after another here (default), --jobs N local processes, or Ray tasks",
+    )
+    b.add_argument("--jobs", type=int, default=None, metavar="N", help="runs at once with --executor local")
+    b.add_argument(
+        "--address", default=None, metavar="ADDR", help="Ray cluster (e.g. auto, ray://head:10001); default: local"
+    )
 
     r = sub.add_parser("report", help="write results.md, plots and report.html of a suite's output directory")
     r.add_argument("out", help="output directory of ensemblekit bench")
@@ -327,8 +340,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from ensemblekit.training.engine import TrainingInterrupted
 
     check_range("--seeds", args.seeds, 1, 1000)
+    check_range("--jobs", args.jobs, 1, 1024)
     try:
-        status = run_suite(args.suite, args.out, resume=args.resume, only=args.only, seeds=args.seeds, quiet=args.quiet)
+        status = run_suite(
+            args.suite,
+            args.out,
+            resume=args.resume,
+            only=args.only,
+            seeds=args.seeds,
+            quiet=args.quiet,
+            executor=args.executor,
+            jobs=args.jobs,
+            address=args.address,
+        )
     except TrainingInterrupted as exc:
         print(f"{exc}; resume with: ensemblekit bench {args.suite} --out {args.out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,67 +4,55 @@ Layout of the output directory::
 
     OUT/suite.yaml                 the suite as last given
     OUT/suite.json                 per run and seed: state (done / failed / interrupted), the fitted
-                                   train.epochs, the estimated epoch-equivalents, the error line of a failure
+                                   train.epochs, the estimated epoch-equivalents, the error line of a failure;
+                                   assembled from the runs' entries (ensemblekit.bench.suite_status)
     OUT/runs/<run>/seed<k>/        one ordinary run directory per run and seed (ensemblekit train); an equal-FLOPs
                                    control of run <run> (``equal_flops_control``) is run <run>.control
+    OUT/runs/<run>/seed<k>.suite.json   that run's entry of suite.json, written by the task that ran it
     OUT/results.csv, results.md    generated from the run directories (ensemblekit.bench.results)
     OUT/plots/*.png|svg            (ensemblekit.bench.plots)
     OUT/report.html, report.md     (ensemblekit.bench.report)
 
-A failed run is recorded and the suite goes on; ``--resume`` skips finished runs, continues interrupted
-ones from their checkpoints and retries failed ones. A finished run whose config no longer matches the suite is
-reported, never silently reused or overwritten.
+The tasks run one after another in this process, in N local processes or as Ray tasks
+(:mod:`ensemblekit.bench.executors`). A failed run is recorded and the suite goes on; ``--resume`` (with any
+executor) skips finished runs, continues interrupted ones from their checkpoints and retries failed ones.
+A finished run whose config no longer matches the suite is reported, never silently reused or overwritten.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ensemblekit.bench.budget import RecipeCost, equal_flops_width, fit_epochs
+from ensemblekit.bench.executors import SuiteTask, check_executor, connect_ray, run_tasks
 from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
+from ensemblekit.bench.suite_status import assemble_status, has_entries, read_status, run_dir_of, write_status
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.run_dir import checkpoint_path, holds_run, read_run_config
 from ensemblekit.run_lock import LOCK_NAME, run_lock
-from ensemblekit.training.checkpoint import atomic_write_bytes
 
-
-def run_dir_of(out: Path, run: str, seed: int) -> Path:
-    """Where run ``run`` with seed ``seed`` of a suite lives."""
-    return out / "runs" / run / f"seed{seed}"
-
-
-def _write_status(out: Path, status: dict[str, Any]) -> None:
-    atomic_write_bytes(out / "suite.json", lambda f: f.write(json.dumps(status, indent=2).encode()))
-
-
-def read_status(out: Path) -> dict[str, Any]:
-    """The ``suite.json`` of a suite output directory."""
-    path = out / "suite.json"
-    if not path.is_file():
-        raise UserError(f"{out} is not a suite output directory (no suite.json); run ensemblekit bench first")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc.__class__.__name__}") from None
+__all__ = ["read_status", "run_dir_of", "run_one", "run_suite"]
 
 
 def prepare_out(out: Path, suite_path: Path, resume: bool) -> dict[str, Any]:
     """Create (or, with ``resume``, reopen) the suite output directory; never clobber anything."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    has_suite = (out / "suite.json").is_file()
+    has_status = (out / "suite.json").is_file()
+    has_suite = has_status or has_entries(out)  # suite.json can be rebuilt from the runs' entries
     if has_suite and not resume:
         raise UserError(f"{out} already holds a suite's results; use --resume to continue it, or another --out")
     if out.is_dir() and not has_suite and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"--out {out} is not empty and holds no suite; choose an empty or new directory")
     out.mkdir(parents=True, exist_ok=True)
-    status = read_status(out) if has_suite else {"suite": None, "order": [], "runs": {}}
+    status = read_status(out) if has_status else {"suite": None, "order": [], "runs": {}}
     shutil.copyfile(suite_path, out / "suite.yaml")  # the suite as last given
     return status
 
@@ -118,10 +106,12 @@ def run_one(
     quiet: bool,
     progress: str,
     control_of: SuiteRun | None = None,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
     """Train one run and seed (or skip it when finished); return its status entry.
 
     With ``control_of``, ``run`` is the equal-FLOPs control of that run (:func:`_control_config`).
+    ``num_threads`` sets ``runtime.num_threads`` where the config leaves it unset (concurrent tasks).
     """
     from ensemblekit.runner import train
     from ensemblekit.training.engine import TrainingInterrupted
@@ -141,6 +131,8 @@ def run_one(
             raw, fit_budget, info = _control_config(suite, control_of, seed, budget)
             entry.update(info)
         raw, estimate = _fit(raw, fit_budget, suite.budget_unit)
+        if num_threads is not None and raw.setdefault("runtime", {}).get("num_threads") is None:
+            raw["runtime"]["num_threads"] = num_threads
     except UserError as exc:
         return {**entry, "state": "failed", "error": f"budget: {exc}"}
     key = "estimated_seconds" if suite.budget_unit == "seconds" else "estimated_epoch_equivalents"
@@ -234,42 +226,73 @@ def run_suite(
     seeds: int | None = None,
     quiet: bool = False,
     progress: str = "auto",
+    executor: str = "sequential",
+    jobs: int | None = None,
+    address: str | None = None,
     say=print,
 ) -> dict[str, Any]:
-    """Run a suite (see the module docstring); return ``suite.json``'s content. Results are written at the end."""
+    """Run a suite (see the module docstring); return ``suite.json``'s content. Results are written at the end.
+
+    ``executor``, ``jobs`` and ``address``: where the tasks run (:mod:`ensemblekit.bench.executors`).
+    """
     suite_path, out = Path(suite_path), Path(out)
+    check_executor(executor, jobs, address)
     suite = load_suite(suite_path)
     runs = select_runs(suite, only)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
-    with run_lock(out, "bench", create=True):  # one bench process per suite folder
-        return _run_suite_locked(suite, suite_path, out, runs, resume, seeds, quiet, progress, say)
+    with run_lock(out, "bench", create=True), executor_session(executor, address):  # one bench per suite folder
+        previous = prepare_out(out, suite_path, resume)
+        header = {"suite": suite.name, "order": _order(suite, suite.runs), "description": suite.description}
+        status = assemble_status(out, header, previous)
+        write_status(out, status)
+        tasks = [
+            SuiteTask(suite, run, seed, out.resolve(), control_of=of, quiet=quiet, progress=progress)
+            for run, of in _with_controls(suite, runs)
+            for seed in range(seeds or suite.seeds)
+        ]
+        return _run_tasks(out, header, previous, tasks, executor, jobs, address, say)
 
 
-def _run_suite_locked(suite, suite_path, out, runs, resume, seeds, quiet, progress, say) -> dict[str, Any]:
+@contextlib.contextmanager
+def executor_session(executor: str, address: str | None) -> Iterator[None]:
+    """Connect to Ray (before anything is written) and disconnect at the end, for ``--executor ray``."""
+    if executor != "ray":
+        yield
+        return
+    started = connect_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_tasks(out, header, previous, tasks, executor, jobs, address, say) -> dict[str, Any]:
     from ensemblekit.bench.report import write_all
     from ensemblekit.training.engine import TrainingInterrupted
 
-    status = prepare_out(out, suite_path, resume)
-    status["suite"] = suite.name
-    status["order"] = _order(suite, suite.runs)
-    status["description"] = suite.description
-    n_seeds = seeds or suite.seeds
-    todo = [(run, of, seed) for run, of in _with_controls(suite, runs) for seed in range(n_seeds)]
-    for k, (run, control_of, seed) in enumerate(todo, 1):
-        say(f"[{k}/{len(todo)}] {run.name} seed {seed}")
-        key = f"{run.name}/seed{seed}"
-        try:
-            entry = run_one(suite, run, seed, out, quiet=quiet, progress=progress, control_of=control_of)
-        except TrainingInterrupted:
-            status["runs"][key] = {"run": run.name, "seed": seed, "state": "interrupted"}
-            _write_status(out, status)
-            raise
-        status["runs"][key] = entry
-        _write_status(out, status)
-        if entry["state"] == "failed":
-            say(f"  FAILED: {entry['error']}")
-        elif entry.get("skipped"):
-            say("  finished earlier: skipped")
+    interrupted = None
+    try:
+        for k, (task, entry) in enumerate(run_tasks(tasks, executor, jobs=jobs, address=address, say=say), 1):
+            write_status(out, assemble_status(out, header, previous))
+            where = "" if executor == "sequential" else f"[{k}/{len(tasks)}] {task.key}: "
+            if entry["state"] == "failed":
+                say(f"  {where}FAILED: {entry['error']}")
+            elif entry["state"] == "interrupted":
+                interrupted = interrupted or f"{task.key} was interrupted"
+            elif entry.get("skipped"):
+                say(f"  {where}finished earlier: skipped")
+            elif where:
+                say(f"  {where}done")
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        write_status(out, assemble_status(out, header, previous))
+        raise TrainingInterrupted(str(exc) or "bench interrupted") from None
+    status = assemble_status(out, header, previous)
+    write_status(out, status)
+    if interrupted:
+        raise TrainingInterrupted(interrupted)
     write_all(out)
     return status
