@@ -57,6 +57,12 @@ def shorten(value: Any, limit: int = 60) -> str:
     return text
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its class name when empty), cut to ``limit`` characters."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else exc.__class__.__name__)[:limit]
+
+
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` as one line of at most ``limit`` characters (newlines become spaces; the middle is elided)."""
     text = " ".join(str(text).split())

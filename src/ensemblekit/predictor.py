@@ -211,23 +211,17 @@ def load(run_dir: str | os.PathLike[str], device: str | torch.device | None = No
         UserError: if there is no ``model.pt``, it is not an ensemblekit model, or it does not match its config.
     """
     from ensemblekit.methods import METHODS
-    from ensemblekit.runner import MODEL_FORMAT, build_ensemble
-    from ensemblekit.training.checkpoint import load_checkpoint
+    from ensemblekit.runner import build_ensemble, load_weights, read_model_file
 
     run_dir = Path(run_dir)
     path = run_dir / "model.pt"
     if not path.is_file():
         raise UserError(f"{run_dir} has no model.pt (not a finished run)")
-    state = load_checkpoint(path)
-    if state.get("format") != MODEL_FORMAT or "state_dict" not in state:
-        raise UserError(f"{path} is not an ensemblekit model file")
+    state = read_model_file(path)
     cfg, inputs = _saved_inputs(state, run_dir)
     build_cfg = METHODS.get(cfg.method.name).inference_config(cfg)
     _, ensemble = build_ensemble(build_cfg, len(inputs["classes"]), int(inputs["train_size"]))
-    try:
-        ensemble.load_state_dict(state["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"{path} does not match its config ({str(exc).splitlines()[0][:160]})") from None
+    load_weights(path, ensemble, state)
     dev = _device(device)
     ensemble.to(dev).eval()
     return Predictor(

@@ -18,7 +18,7 @@ from torch import nn
 from ensemblekit.config import Config, config_to_dict
 from ensemblekit.data import DataBundle, load_data
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, first_line
 from ensemblekit.methods import Method, build_method
 from ensemblekit.metrics import (
     TrainCostMeter,
@@ -72,8 +72,7 @@ def make_fabric(cfg: Config):
                 precision=precision,
             )
         except (ValueError, RuntimeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise UserError(f"config error: runtime: {first}") from None
+            raise UserError(f"config error: runtime: {first_line(exc)}") from None
         fabric.launch()
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -383,17 +382,28 @@ def check_model_identity(path: Path, state: dict[str, Any], cfg: Config) -> None
         )
 
 
-def load_model_into(path: Path, ensemble: nn.Module, cfg: Config | None = None) -> None:
-    """Load ``model.pt`` weights into a freshly built ensemble (checked against ``cfg`` when given)."""
+def read_model_file(path: Path) -> dict[str, Any]:
+    """``model.pt``'s contents (``weights_only`` load), refused in one line when it is not an ensemblekit model."""
     state = load_checkpoint(path)
     if state.get("format") != MODEL_FORMAT or "state_dict" not in state:
         raise UserError(f"{path} is not an ensemblekit model file")
-    if cfg is not None:
-        check_model_identity(path, state, cfg)
+    return state
+
+
+def load_weights(path: Path, ensemble: nn.Module, state: dict[str, Any]) -> None:
+    """Load :func:`read_model_file`'s weights into a freshly built ensemble; a mismatch is one line."""
     try:
         ensemble.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
-        raise UserError(f"{path} does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{path} does not match the run's config ({first_line(exc)})") from None
+
+
+def load_model_into(path: Path, ensemble: nn.Module, cfg: Config | None = None) -> None:
+    """Load ``model.pt`` weights into a freshly built ensemble (checked against ``cfg`` when given)."""
+    state = read_model_file(path)
+    if cfg is not None:
+        check_model_identity(path, state, cfg)
+    load_weights(path, ensemble, state)
 
 
 def _same_run(a: Config, b: Config) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ensemblekit.errors import CheckpointError, UserError, one_line
+from ensemblekit.errors import CheckpointError, UserError, first_line, one_line
 
 
 def temp_name_pattern(name: str) -> str:
@@ -100,8 +100,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason[:160]})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a state dictionary")
     return state

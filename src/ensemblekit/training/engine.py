@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ensemblekit.data import BatchLoader, DataBundle
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, first_line
 from ensemblekit.metrics import TrainCostMeter, ensemble_metrics
 from ensemblekit.training.checkpoint import (
     capture_rng_state,
@@ -231,8 +231,7 @@ class Engine:
             try:
                 module.load_state_dict(state["modules"][name])
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise UserError(f"checkpoint {path} does not match this run's model ({first[:160]})") from None
+                raise UserError(f"checkpoint {path} does not match this run's model ({first_line(exc)})") from None
         self.cost_meter.load_state_dict(state["cost_meter"])
         restore_rng_state(state["rng"])
         self.global_step = int(state.get("global_step", 0))
