@@ -24,7 +24,7 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.data import BatchLoader, load_data
 from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.models import create_model
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.progress import Progress
 from ensemblekit.training.stage import OptimSpec, ScheduleSpec, Stage

@@ -31,7 +31,7 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.metrics import inference_flops
 from ensemblekit.pruning.sparse_flops import sparse_inference_flops
-from ensemblekit.runner import build_ensemble
+from ensemblekit.runs import build_ensemble
 
 
 def _build(args, grouping):

@@ -59,7 +59,7 @@ def suite_executors(train_size: int, budget: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         suite = suite_file(tmp, train_size, budget)
-        importlib.import_module("ensemblekit.runner")  # imports (Lightning...) are paid before timing
+        importlib.import_module("ensemblekit.runs")  # imports (Lightning...) are paid before timing
 
         threads = torch.get_num_threads()
         torch.set_num_threads(2)

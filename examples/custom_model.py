@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import ensemblekit
     from ensemblekit.config import config_from_dict
     from ensemblekit.export import export_torchscript
-    from ensemblekit.runner import train
+    from ensemblekit.runs import train
 
     data = args.data
     if data is None:

@@ -12,7 +12,7 @@ from ensemblekit.errors import UserError
 from ensemblekit.export import export_onnx, export_safetensors, export_torchscript, load_safetensors_state
 from ensemblekit.methods import METHODS
 from ensemblekit.predictor import Predictor
-from ensemblekit.runner import build_ensemble
+from ensemblekit.runs import build_ensemble
 from tests.conftest import run_cli, tiny_config
 
 CUSTOM = "tests.byo.custom_nets:make_net"

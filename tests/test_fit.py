@@ -13,7 +13,7 @@ import ensemblekit
 from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.errors import UserError
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.user_data import as_data_bundle
 from tests.conftest import tiny_config
 

@@ -19,7 +19,7 @@ from ensemblekit.config import load_config
 from ensemblekit.data import DATASETS
 from ensemblekit.methods import METHODS
 from ensemblekit.models import MODELS
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO / "configs"

@@ -1,4 +1,4 @@
-"""The ``ensemblekit`` command line: a thin layer over ``ensemblekit.runner``.
+"""The ``ensemblekit`` command line: a thin layer over ``ensemblekit.runs``.
 
 Commands::
 
@@ -209,11 +209,11 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ensemblekit.config import load_config
-    from ensemblekit.runner import default_out_dir, train
+    from ensemblekit.runs import default_out_dir, train
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else default_out_dir(cfg)
-    from ensemblekit.training.engine import TrainingInterrupted
+    from ensemblekit.training.steps import TrainingInterrupted
 
     try:
         record = train(cfg, out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
@@ -261,7 +261,7 @@ def train_summary(record: dict[str, Any], out: Path) -> str:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ensemblekit.evaluation.cli import check_evaluate_arguments, run_robustness
-    from ensemblekit.runner import evaluate
+    from ensemblekit.runs import evaluate
 
     check_evaluate_arguments(args)  # bad corruption names or severities fail before any work
     record = evaluate(args.run_dir, args.split)
@@ -292,7 +292,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     from ensemblekit.config import load_config
-    from ensemblekit.runner import describe
+    from ensemblekit.runs import describe
 
     info = describe(load_config(args.config, args.overrides))
     if args.json:
@@ -303,7 +303,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
-    from ensemblekit.runner import interpolate
+    from ensemblekit.runs import interpolate
 
     check_range("--points", args.points, 2, 1001)
     for m in args.members:
@@ -317,7 +317,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 def _cmd_grow(args: argparse.Namespace) -> int:
     from ensemblekit.config import MAX_MEMBERS
-    from ensemblekit.methods.subnetwork.grow import grow
+    from ensemblekit.runs.grow import grow
 
     check_range("--children", args.children, 1, MAX_MEMBERS)
     record = grow(args.run_dir, args.children, quiet=args.quiet)
@@ -337,7 +337,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ensemblekit.bench.run_suite import run_suite
-    from ensemblekit.training.engine import TrainingInterrupted
+    from ensemblekit.training.steps import TrainingInterrupted
 
     check_range("--seeds", args.seeds, 1, 1000)
     check_range("--jobs", args.jobs, 1, 1024)
@@ -441,7 +441,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = load(args.run_dir, args.device)
     text = prediction_csv(predictor.predict([str(f) for f in files], args.batch_size), [str(f) for f in files])
     if args.out:
-        from ensemblekit.training.checkpoint import atomic_write_bytes
+        from ensemblekit.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(args.out), lambda f: f.write(text.encode()))
         print(f"wrote {len(files)} predictions to {args.out}")

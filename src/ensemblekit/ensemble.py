@@ -21,13 +21,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-Combine = Literal["probs", "logits"]
-COMBINE_RULES: tuple[str, ...] = ("probs", "logits")
+from ensemblekit.metrics.combine import COMBINE_RULES, Combine
 
 
 def combine_logits(member_logits: torch.Tensor, combine: Combine = "probs") -> torch.Tensor:

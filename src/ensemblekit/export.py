@@ -214,7 +214,7 @@ def load_safetensors_state(path: str | os.PathLike[str]) -> tuple[dict[str, torc
 
 
 def _write(path: Path, data: bytes) -> None:
-    from ensemblekit.training.checkpoint import atomic_write_bytes
+    from ensemblekit.atomic import atomic_write_bytes
 
     if path.parent and not path.parent.exists():
         raise UserError(f"cannot write {path}: the folder {path.parent} does not exist")

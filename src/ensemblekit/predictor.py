@@ -7,7 +7,7 @@ Example:
     >>> out.labels[:2], out.probs.shape, out.mutual_information.shape  # doctest: +SKIP
 
 The predictor needs only ``model.pt``: it holds the resolved config, the class names, the normalisation
-mean and std and the input size (:func:`ensemblekit.runner.save_model`). Files written before these were
+mean and std and the input size (:func:`ensemblekit.runs.loading.save_model`). Files written before these were
 recorded are still loaded, from ``config.yaml`` and the training data (which must then still be found).
 
 Uncertainty scores, in nats, from the member probabilities ``p_i`` (``[M, N, C]``):
@@ -190,8 +190,8 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 def _saved_inputs(state: dict[str, Any], run_dir: Path) -> tuple[Config, dict[str, Any]]:
     """The config and inputs a ``model.pt`` records; older files: ``config.yaml`` and the training data."""
-    from ensemblekit.run_dir import read_run_config
-    from ensemblekit.runner import check_model_identity, load_run_data, model_inputs
+    from ensemblekit.runs import check_model_identity, load_run_data, model_inputs
+    from ensemblekit.runs.directory import read_run_config
 
     if isinstance(state.get("config"), dict) and isinstance(state.get("inputs"), dict):
         return config_from_dict(state["config"]), state["inputs"]
@@ -211,7 +211,7 @@ def load(run_dir: str | os.PathLike[str], device: str | torch.device | None = No
         UserError: if there is no ``model.pt``, it is not an ensemblekit model, or it does not match its config.
     """
     from ensemblekit.methods import METHODS
-    from ensemblekit.runner import build_ensemble, load_weights, read_model_file
+    from ensemblekit.runs import build_ensemble, load_weights, read_model_file
 
     run_dir = Path(run_dir)
     path = run_dir / "model.pt"

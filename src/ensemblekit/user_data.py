@@ -195,7 +195,7 @@ def fit(
         overwrite: Replace an existing run in ``out``.
         quiet: No progress output.
     """
-    from ensemblekit.runner import train as run_training
+    from ensemblekit.runs import train as run_training
 
     cfg = _config(config, overrides)
     bundle = as_data_bundle(train, test, val, classes, image_size)

@@ -154,7 +154,7 @@ def test_suite_evaluates_corruptions_and_reports_them(tmp_path):
 def test_budget_estimate_counts_a_teachers_forward_like_the_cost_meter(tmp_path):
     """Distillation runs a teacher in prepare_batch: estimate == what the meter charges (3 x student + teacher)."""
     from ensemblekit.config import config_from_dict
-    from ensemblekit.runner import train
+    from ensemblekit.runs import train
 
     raw = tiny_config(
         method={"name": "distillation", "architectures": [{"name": "resnet8", "width": 0.5}], "teacher_epochs": 1}

@@ -10,7 +10,7 @@ from ensemblekit.bench.executors import task_resources
 from ensemblekit.bench.run_suite import run_suite
 from ensemblekit.bench.suite_status import entry_path
 from ensemblekit.errors import UserError
-from ensemblekit.run_lock import run_lock
+from ensemblekit.runs.lock import run_lock
 from tests.conftest import run_cli
 
 TIMES = ("train_seconds", "time_x_single")  # wall times differ between executors; everything else must not

@@ -49,7 +49,7 @@ def test_cli_runs_a_module_from_the_current_directory(tmp_path, monkeypatch):
 
     from ensemblekit.config import config_from_dict
     from ensemblekit.errors import UserError
-    from ensemblekit.runner import evaluate
+    from ensemblekit.runs import evaluate
 
     monkeypatch.syspath_prepend(str(tmp_path))
     assert evaluate(tmp_path / "run")["metrics"]["accuracy"] == metrics["metrics"]["accuracy"]
@@ -75,8 +75,8 @@ def test_bench_suite_of_custom_module_runs(tmp_path):
 
 def test_grow_a_subnetwork_run_of_a_custom_module(tmp_path):
     from ensemblekit.config import config_from_dict
-    from ensemblekit.methods.subnetwork.grow import grow
-    from ensemblekit.runner import train
+    from ensemblekit.runs import train
+    from ensemblekit.runs.grow import grow
     from tests.conftest import tiny_config
 
     raw = tiny_config(

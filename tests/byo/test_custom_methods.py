@@ -14,7 +14,7 @@ from torch import nn
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import METHODS
-from ensemblekit.runner import build_ensemble, train
+from ensemblekit.runs import build_ensemble, train
 from tests.byo.custom_nets import TinyCNN
 from tests.conftest import tiny_config
 

@@ -9,7 +9,7 @@ import pytest
 
 from ensemblekit.cli import main
 from ensemblekit.config import config_from_dict
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from tests.conftest import tiny_config
 
 

@@ -14,7 +14,8 @@ from ensemblekit.methods import build_method
 from ensemblekit.methods.bagging import bootstrap_indices
 from ensemblekit.methods.distillation import distillation_loss, soft_targets
 from ensemblekit.metrics import count_parameters
-from ensemblekit.runner import train
+from ensemblekit.runs import train
+from ensemblekit.runs.loading import RUN_FILES
 from tests.conftest import tiny_config
 
 ARCHS = [{"name": "resnet8", "width": 0.25}, {"name": "resnet8", "width": 0.5}]
@@ -23,7 +24,7 @@ FAST = {"epochs": 1, "max_steps_per_epoch": 2}
 
 def _method(name, train=None, **method):
     cfg = config_from_dict(tiny_config(method={"name": name, **method}, train=train or {}))
-    return build_method(cfg, num_classes=10, train_size=192)
+    return build_method(cfg, num_classes=10, train_size=192, runs=RUN_FILES)  # as the run layer builds it
 
 
 # ----------------------------------------------------------------------------------------------- distillation

@@ -16,7 +16,7 @@ from ensemblekit.methods.fission.split import transfer_channels
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import get_masks, masks_from_scores
 from ensemblekit.pruning.criteria import compute_scores
-from ensemblekit.runner import build_ensemble, describe, describe_costs, train
+from ensemblekit.runs import build_ensemble, describe, describe_costs, train
 from tests.conftest import tiny_config
 
 SMALL = {"name": "resnet8", "width": 0.5}

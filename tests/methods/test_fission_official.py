@@ -16,7 +16,7 @@ from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.network import copies_per_stage
 from ensemblekit.methods.fission.official import xavier_scoring_copy
 from ensemblekit.pruning import get_masks, has_mask, masked_layers, masks_from_scores, raw_weight
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from tests.conftest import tiny_config
 from tests.methods.test_fission import _build, _fissioned
 

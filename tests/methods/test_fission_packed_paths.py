@@ -13,7 +13,7 @@ from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.packed_paths import resolve_path_execution
 from ensemblekit.metrics import inference_flops
 from ensemblekit.pruning.sparse_flops import sparse_inference_flops
-from ensemblekit.runner import build_ensemble, train
+from ensemblekit.runs import build_ensemble, train
 from tests.conftest import tiny_config
 
 

@@ -15,7 +15,7 @@ from ensemblekit.methods import build_method
 from ensemblekit.methods.mixture import AUTO_EXECUTION, build_mixture_ensemble
 from ensemblekit.metrics import count_parameters, inference_flops
 from ensemblekit.models import create_model
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.training.optim import build_optimizer
 from tests.conftest import tiny_config
 

@@ -12,7 +12,7 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.metrics import count_parameters, inference_flops
-from ensemblekit.runner import evaluate, train
+from ensemblekit.runs import evaluate, train
 from ensemblekit.training.stage import StageContext
 from tests.conftest import tiny_config
 

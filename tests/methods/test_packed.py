@@ -12,7 +12,7 @@ from ensemblekit.layers.packed_ensemble import PackedConv2d, PackedLinear, effec
 from ensemblekit.methods.packed import build_packed_network, member_spec
 from ensemblekit.metrics import inference_flops
 from ensemblekit.models import build_model, create_model
-from ensemblekit.runner import build_ensemble, describe_costs, evaluate, train
+from ensemblekit.runs import build_ensemble, describe_costs, evaluate, train
 from tests.conftest import tiny_config
 
 # (model section, packed options): the CIFAR ResNet (projection and option-A shortcuts), the pre-activation

@@ -8,7 +8,7 @@ import torch
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.training.optim import lr_factor
 from ensemblekit.training.stage import ScheduleSpec
 from tests.conftest import tiny_config

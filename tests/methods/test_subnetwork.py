@@ -12,11 +12,11 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.methods.subnetwork import anneal
-from ensemblekit.methods.subnetwork.grow import grow
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import masked_layers, prunable_layers
-from ensemblekit.run_dir import read_run_config
-from ensemblekit.runner import describe, train
+from ensemblekit.runs import describe, train
+from ensemblekit.runs.directory import read_run_config
+from ensemblekit.runs.grow import grow
 from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups
 from tests.conftest import run_cli, tiny_config
 
@@ -323,7 +323,7 @@ def test_grow_leaves_existing_children_bitwise_unchanged_and_equals_a_larger_run
     fresh = _state(tmp_path / "fresh")
     assert fresh.keys() == new.keys() and all(_same(fresh[k], new[k]) for k in fresh)
     # the grown run evaluates from its own config
-    from ensemblekit.runner import evaluate
+    from ensemblekit.runs import evaluate
 
     assert evaluate(tmp_path / "run")["metrics"]["accuracy"] == pytest.approx(saved["metrics"]["accuracy"])
 

@@ -167,7 +167,7 @@ def test_inference_parameter_count_leaves_out_stored_networks_inference_never_ru
 
 def test_subnetwork_runs_report_the_parameters_their_children_use():
     from ensemblekit.config import config_from_dict
-    from ensemblekit.runner import build_ensemble, describe_costs
+    from ensemblekit.runs import build_ensemble, describe_costs
     from tests.conftest import tiny_config
 
     raw = tiny_config(method={"name": "subnetwork", "members": 2, "candidates": 4}, data={"val_size": 32})

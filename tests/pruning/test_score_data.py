@@ -10,7 +10,7 @@ import torch
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.pruning.score_data import class_balanced_indices
-from ensemblekit.runner import build_ensemble
+from ensemblekit.runs import build_ensemble
 from tests.conftest import tiny_config
 
 IMBALANCED = torch.cat([torch.zeros(200, dtype=torch.long), torch.arange(1, 10).repeat_interleave(12)])

@@ -228,7 +228,7 @@ def test_set_values_of_every_known_field_type(value):
 def test_accepted_method_configs_build(raw):
     """What validation accepts must build: ``describe`` (build the ensemble, count its costs) succeeds or refuses
     in one line; a crash here is a config that would be accepted and then fail in the middle of a run."""
-    from ensemblekit.runner import describe
+    from ensemblekit.runs import describe
 
     try:
         cfg = config_from_dict(raw)

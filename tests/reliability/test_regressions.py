@@ -93,7 +93,8 @@ def test_non_finite_weights_after_the_last_step_are_divergence(tmp_path, write_c
 
 def test_engine_stops_on_non_finite_weights(tmp_path):
     """The end-of-epoch weight check, driven directly: a stage whose update writes inf into a weight."""
-    from ensemblekit.training.engine import Engine, NonFiniteLossError
+    from ensemblekit.training.engine import Engine
+    from ensemblekit.training.steps import NonFiniteLossError
 
     class Poisoned(torch.nn.Module):
         def __init__(self):
@@ -138,7 +139,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_old_one(tmp_path):
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
-    from ensemblekit.training.checkpoint import atomic_write_bytes
+    from ensemblekit.atomic import atomic_write_bytes
 
     old = os.umask(0o022)
     try:
@@ -311,7 +312,7 @@ def test_edited_config_yaml_is_refused_by_evaluate(capsys, tmp_path, write_confi
 
 def test_old_model_files_are_checked_on_method_and_backbone(tmp_path):
     from ensemblekit.config import load_config
-    from ensemblekit.runner import check_model_identity
+    from ensemblekit.runs import check_model_identity
 
     cfg = load_config(None, ["method.name=deep_ensemble"])
     check_model_identity(tmp_path / "model.pt", {"method": "deep_ensemble", "backbone": "resnet20"}, cfg)

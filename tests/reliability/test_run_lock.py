@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from ensemblekit.errors import UserError
-from ensemblekit.run_lock import LOCK_NAME, lock_holder, run_lock
+from ensemblekit.runs.lock import LOCK_NAME, lock_holder, run_lock
 from tests.conftest import REPO, tiny_config
 
 HOLD = """
 import sys, time
-from ensemblekit.run_lock import run_lock
+from ensemblekit.runs.lock import run_lock
 with run_lock(sys.argv[1], "test", create=True):
     print("held", flush=True)
     time.sleep(60)

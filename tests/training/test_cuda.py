@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ensemblekit.config import config_from_dict
-from ensemblekit.runner import evaluate, train
+from ensemblekit.runs import evaluate, train
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

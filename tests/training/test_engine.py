@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ensemblekit.config import config_from_dict
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.training.checkpoint import load_checkpoint
-from ensemblekit.training.engine import NonFiniteLossError
+from ensemblekit.training.steps import NonFiniteLossError
 from tests.conftest import tiny_config
 
 
@@ -124,7 +124,7 @@ def test_sample_batches_are_a_pure_function_of_the_seed_and_leave_rngs_alone():
 
 
 def test_batch_accuracy_of_single_ensemble_and_per_member_targets():
-    from ensemblekit.training.engine import batch_correct
+    from ensemblekit.training.steps import batch_correct
 
     logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[0.0, 2.0], [0.0, 2.0]]])  # [M=2, B=2, C=2]
     hits, rows = batch_correct(logits[0], torch.tensor([0, 0]))

@@ -8,7 +8,7 @@ import pytest
 
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.training.progress import Progress
 from tests.conftest import tiny_config
 

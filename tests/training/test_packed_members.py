@@ -11,7 +11,7 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.models import create_model
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.packed_members import (
     MemberPack,
@@ -134,7 +134,7 @@ def test_an_interrupted_packed_run_resumes_bitwise(tmp_path, monkeypatch, interr
     import signal
 
     from ensemblekit.metrics import TrainCostMeter as Meter
-    from ensemblekit.training.engine import TrainingInterrupted
+    from ensemblekit.training.steps import TrainingInterrupted
 
     base = tiny_config(method={"name": "deep_ensemble", "members": 2}, train={"epochs": 2})
     base["runtime"] = {**base["runtime"], "member_execution": "packed"}
@@ -205,7 +205,7 @@ def test_packed_members_train_under_bf16_autocast(tmp_path):
     ],
 )
 def test_methods_with_independent_members_of_one_architecture_pack(method, expected):
-    from ensemblekit.runner import build_ensemble
+    from ensemblekit.runs import build_ensemble
 
     cfg = config_from_dict(tiny_config(method=method, train={"epochs": 10}))  # MotherNets: 8 + 2 epochs
     built, ensemble = build_ensemble(cfg, 10, 192)
@@ -215,7 +215,7 @@ def test_methods_with_independent_members_of_one_architecture_pack(method, expec
 
 def test_packed_subnetwork_children_equal_sequential_children_in_float64():
     """Masked children (weight parametrizations) packed: equal to tuning them one after another."""
-    from ensemblekit.runner import build_ensemble
+    from ensemblekit.runs import build_ensemble
 
     cfg = config_from_dict(
         tiny_config(method={"name": "subnetwork", "members": 2, "bn_refresh_batches": 0}, train={"epochs": 1})

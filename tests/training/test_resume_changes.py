@@ -7,7 +7,7 @@ import torch
 
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
-from ensemblekit.runner import train
+from ensemblekit.runs import train
 from tests.conftest import tiny_config
 
 

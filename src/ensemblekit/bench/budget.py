@@ -37,9 +37,9 @@ from torch import nn
 from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.metrics import inference_flops
-from ensemblekit.training.engine import measure_stage_flops
 from ensemblekit.training.losses import member_cross_entropy
 from ensemblekit.training.stage import Stage
+from ensemblekit.training.steps import measure_stage_flops
 
 MAX_EPOCHS = 10_000
 BudgetUnit = Literal["epoch_equivalents", "seconds"]
@@ -110,7 +110,7 @@ class RecipeCost:
 
         The ensemble's structure does not depend on the epochs, so one build serves every query.
         """
-        from ensemblekit.runner import build_ensemble
+        from ensemblekit.runs import build_ensemble
 
         trials = [raw] + [{**raw, "train": {**raw.get("train", {}), "epochs": e}} for e in range(1, 257)]
         first = None

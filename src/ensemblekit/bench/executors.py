@@ -27,6 +27,7 @@ from typing import Any
 
 from ensemblekit.bench.suite import Suite, SuiteRun
 from ensemblekit.bench.suite_status import read_entry, write_entry
+from ensemblekit.bench.suite_task import run_one
 from ensemblekit.errors import UserError, one_line
 
 EXECUTORS = ("sequential", "local", "ray")
@@ -61,8 +62,7 @@ def execute_task(task: SuiteTask) -> dict[str, Any]:
     Raises:
         TrainingInterrupted: Ctrl-C; the entry says ``interrupted`` and the run's checkpoint was saved.
     """
-    from ensemblekit.bench.run_suite import run_one
-    from ensemblekit.training.engine import TrainingInterrupted
+    from ensemblekit.training.steps import TrainingInterrupted
 
     try:
         entry = run_one(task.suite, task.run, task.seed, task.out, quiet=task.quiet, progress=task.progress,
@@ -76,7 +76,7 @@ def execute_task(task: SuiteTask) -> dict[str, Any]:
 
 def _died(task: SuiteTask, exc: BaseException, where: str) -> dict[str, Any]:
     """The entry of a task that returned no entry (its process died, or the executor failed it)."""
-    from ensemblekit.training.engine import TrainingInterrupted
+    from ensemblekit.training.steps import TrainingInterrupted
 
     if isinstance(exc, TrainingInterrupted):
         return read_entry(task.out, task.run.name, task.seed) or task.entry("interrupted")

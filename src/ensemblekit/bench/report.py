@@ -155,7 +155,7 @@ def facts(out: Path, status: dict[str, Any]) -> list[tuple[str, str]]:
 
 def write_all(out: str | Path) -> dict[str, Any]:
     """Write results, plots and reports for the suite output directory ``out``; return what was written."""
-    from ensemblekit.bench.run_suite import read_status
+    from ensemblekit.bench.suite_status import read_status
 
     out = Path(out)
     status = read_status(out)

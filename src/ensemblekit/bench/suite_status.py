@@ -4,7 +4,7 @@ Every (run, seed) task writes its own entry (state ``done`` / ``failed`` / ``int
 ``train.epochs``, the budget, the error line of a failure...) to ``OUT/runs/<run>/seed<k>.suite.json``, beside
 its run directory ``OUT/runs/<run>/seed<k>/``. No file is written by two tasks, so tasks may run in any number of
 processes or machines at once (:mod:`ensemblekit.bench.executors`). ``OUT/suite.json`` is assembled from the
-entries by the ``bench`` process alone (it holds the suite folder's lock, :mod:`ensemblekit.run_lock`), after
+entries by the ``bench`` process alone (it holds the suite folder's lock, :mod:`ensemblekit.runs.lock`), after
 every task and at the end; it is a summary that can always be rebuilt from the run entries.
 
 A suite written before entries existed has only ``suite.json``: its entries are kept for runs that have no entry
@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ensemblekit.atomic import atomic_write_bytes
 from ensemblekit.errors import UserError
-from ensemblekit.training.checkpoint import atomic_write_bytes
 
 ENTRY_SUFFIX = ".suite.json"
 

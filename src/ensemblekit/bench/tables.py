@@ -7,7 +7,7 @@ from typing import Any
 
 from ensemblekit.bench.results import get_cost
 from ensemblekit.errors import shorten
-from ensemblekit.run_dir import read_metrics
+from ensemblekit.runs.directory import read_metrics
 
 COLUMNS: list[tuple[str, str, str]] = [
     # (header, path in metrics.json, format)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemblekit.training.checkpoint import umask_mode
+from ensemblekit.atomic import umask_mode
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ensemblekit.atomic import umask_mode
 from ensemblekit.data.download_progress import DownloadProgress
 from ensemblekit.errors import ChecksumError, UserError
-from ensemblekit.training.checkpoint import umask_mode
 
 _CHUNK = 1 << 20
 

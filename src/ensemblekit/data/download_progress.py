@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ensemblekit.training.progress import _fmt_eta, _is_sized_terminal
+from ensemblekit.console import format_eta, is_sized_terminal
 
 MODES = ("auto", "bar", "plain", "quiet")
 _MIB = float(1 << 20)
@@ -49,7 +49,7 @@ class DownloadProgress:
             raise ValueError(f"progress mode must be one of {MODES}, got {mode!r}")
         self.stream = stream or sys.stderr
         if mode == "auto":
-            mode = "bar" if _is_sized_terminal(self.stream) else "plain"
+            mode = "bar" if is_sized_terminal(self.stream) else "plain"
         self.mode, self.label, self.total = mode, label, total
         self.clock, self.every = clock, every
         self.done = 0
@@ -73,7 +73,7 @@ class DownloadProgress:
         speed = self.done / elapsed
         if self.total:
             eta = (self.total - self.done) / speed if speed > 0 else float("inf")
-            eta_text = _fmt_eta(eta) if eta != float("inf") else "?"
+            eta_text = format_eta(eta) if eta != float("inf") else "?"
             return (
                 f"{self.label}: {100 * self.done / self.total:3.0f}% {format_size(self.done)} of "
                 f"{format_size(self.total)}, {format_size(speed)}/s, eta {eta_text}"
@@ -99,6 +99,5 @@ class DownloadProgress:
         elif self.mode == "plain" and ok:
             now = self.clock()
             elapsed = max(now - self._t0, 1e-9)
-            self._print(
-                f"{self.label}: {format_size(self.done)} in {_fmt_eta(elapsed)} ({format_size(self.done / elapsed)}/s)"
-            )
+            rate = format_size(self.done / elapsed)
+            self._print(f"{self.label}: {format_size(self.done)} in {format_eta(elapsed)} ({rate}/s)")

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ensemblekit.atomic import write_json
 from ensemblekit.data.corruptions import resolve_corruptions
 from ensemblekit.evaluation.corrupted import evaluate_corruptions
-from ensemblekit.evaluation.loading import LoadedRun, load_run
 from ensemblekit.evaluation.ood import evaluate_ood, load_ood_split, subset_split
-from ensemblekit.run_dir import write_json
-from ensemblekit.run_lock import run_lock
+from ensemblekit.runs.loading import LoadedRun, load_run
+from ensemblekit.runs.lock import run_lock
 
 
 def evaluate_robustness(run_dir: str | Path, **options: Any) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import torch
 from ensemblekit.data import ImageTensors
 from ensemblekit.data.corruptions import corrupt
 from ensemblekit.data.loader import device_tensors
-from ensemblekit.evaluation.loading import LoadedRun
 from ensemblekit.metrics import ensemble_metrics
+from ensemblekit.runs.loading import LoadedRun
 
 CHUNK = 1000
 """Images corrupted together (one generator per chunk)."""

@@ -27,8 +27,8 @@ from ensemblekit.data import DATASETS, ImageTensors, load_data, stratified_indic
 from ensemblekit.data.classes import complement
 from ensemblekit.data.image_folder import IMAGE_SUFFIXES
 from ensemblekit.errors import UserError
-from ensemblekit.evaluation.loading import LoadedRun
 from ensemblekit.metrics.ood import OOD_METRICS, OOD_SCORES, ood_evaluation
+from ensemblekit.runs.loading import LoadedRun
 
 POSITIVES = (
     "auroc, aupr_in and fpr95 take the in-distribution test images as positives (score: in-distribution "

@@ -13,8 +13,10 @@ Example:
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
@@ -29,6 +31,30 @@ METHODS = Registry("method")
 
 BUILTIN_MODELS = frozenset(list_models())
 """The models ensemblekit registers itself (all :class:`~ensemblekit.models.Backbone`); others are custom."""
+
+
+class RunReader(Protocol):
+    """How a method reads another finished run (a distillation teacher, a subnetwork or FGE parent).
+
+    Methods sit below the run layer, so they do not load run directories themselves: the run layer hands them a
+    reader (:class:`ensemblekit.runs.loading.RunFiles`) when it builds them. Every failure is a one-line ``UserError``.
+    """
+
+    def config(self, run_dir: Path) -> Config:
+        """The run's resolved ``config.yaml``."""
+        ...
+
+    def model_state(self, run_dir: Path) -> dict[str, torch.Tensor]:
+        """The ensemble weights in the run's ``model.pt`` (its ``state_dict``)."""
+        ...
+
+    def recorded_costs(self, run_dir: Path) -> dict[str, Any]:
+        """The ``costs`` the run recorded in ``metrics.json``."""
+        ...
+
+    def trained_ensemble(self, run_dir: Path, num_classes: int, train_size: int) -> nn.Module:
+        """The run's trained ensemble, rebuilt from its config and loaded from its ``model.pt``."""
+        ...
 
 
 class MethodOptions(BaseModel):
@@ -57,6 +83,7 @@ class Method:
         cfg: The validated run configuration.
         num_classes: Number of classes of the data set.
         train_size: Number of training images (for budgets and bootstrap samples).
+        runs: How to read other finished runs (teacher and parent runs); the run layer passes one.
     """
 
     name: ClassVar[str] = ""
@@ -66,10 +93,11 @@ class Method:
     requires: ClassVar[str] = "it needs an ensemblekit backbone (stem, stages, head and an architecture spec)"
     """What the method needs of a backbone, said when it refuses a custom model (README "Bring your own model")."""
 
-    def __init__(self, cfg: Config, num_classes: int, train_size: int) -> None:
+    def __init__(self, cfg: Config, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
         self.train_size = train_size
+        self._runs = runs
         self.options = self.parse_options(cfg.method.options())
 
     @classmethod
@@ -136,6 +164,16 @@ class Method:
         raise NotImplementedError
 
     # -- shared helpers ------------------------------------------------------------------------
+    @property
+    def runs(self) -> RunReader:
+        """The reader of other finished runs this method was built with (see :class:`RunReader`)."""
+        if self._runs is None:
+            raise RuntimeError(
+                f"method {self.name} reads another run but was built without a RunReader: build it with "
+                "ensemblekit.runs.build_ensemble"
+            )
+        return self._runs
+
     def backbone(self, **overrides: Any) -> nn.Module:
         """A fresh backbone as the config's ``model`` section describes it (overrides win).
 
@@ -213,7 +251,7 @@ def is_backbone_builder(name: str) -> bool:
     return "layers" in _parameters(MODELS.get(name))
 
 
-def build_method(cfg: Config, num_classes: int, train_size: int) -> Method:
-    """Instantiate the configured method."""
+def build_method(cfg: Config, num_classes: int, train_size: int, runs: RunReader | None = None) -> Method:
+    """Instantiate the configured method (``runs``: how it reads other runs, see :class:`RunReader`)."""
     cls = METHODS.get(cfg.method.name)
-    return cls(cfg, num_classes, train_size)
+    return cls(cfg, num_classes, train_size, runs)

@@ -29,7 +29,7 @@ from torch import nn
 from ensemblekit.config import Config, config_from_dict, config_to_dict
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
 from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS
+from ensemblekit.methods.base import METHODS, RunReader
 from ensemblekit.methods.heterogeneous import ArchitectureEntry, HeterogeneousMembers, HeterogeneousOptions
 from ensemblekit.models import create_model
 from ensemblekit.training.stage import Stage, StageContext, StageHooks, stage_from_train
@@ -103,20 +103,6 @@ class TeacherSignal:
         return distillation_loss(outputs, targets, self.probs, self.temperature, self.alpha)
 
 
-def load_teacher_run(run_dir: str | Path, num_classes: int, train_size: int) -> nn.Module:
-    """The finished run's ensemble, rebuilt from its ``config.yaml`` and ``model.pt``, frozen, in eval mode."""
-    from ensemblekit.run_dir import read_run_config
-    from ensemblekit.runner import build_ensemble, load_model_into
-
-    path = Path(run_dir)
-    if not (path / "model.pt").is_file():
-        raise UserError(f"teacher_run {path} has no model.pt (not a finished run)")
-    cfg = read_run_config(path)
-    _, teacher = build_ensemble(cfg, num_classes, train_size)
-    load_model_into(path / "model.pt", teacher, cfg)
-    return teacher.requires_grad_(False).eval()
-
-
 @METHODS.register("distillation")
 class Distillation(HeterogeneousMembers):
     """Knowledge distillation from a teacher network or ensemble into each member (Hinton et al., 2015)."""
@@ -140,7 +126,7 @@ class Distillation(HeterogeneousMembers):
         if o.teacher_run is not None:
             if o.teacher is not None or o.teacher_epochs is not None:
                 raise UserError("config error: method.teacher/teacher_epochs apply only without teacher_run")
-            self.teacher = load_teacher_run(o.teacher_run, self.num_classes, self.train_size)
+            self.teacher = load_teacher_run(self.runs, o.teacher_run, self.num_classes, self.train_size)
         elif o.teacher is not None:
             self.teacher = create_model(o.teacher.name, num_classes=self.num_classes, **o.teacher.kwargs)
         else:
@@ -194,3 +180,11 @@ class Distillation(HeterogeneousMembers):
         if images > 0 and flops > 0:
             meter.add_step(images, flops / (3.0 * images))
         meter.add_time(seconds)
+
+
+def load_teacher_run(runs: RunReader, run_dir: str | Path, num_classes: int, train_size: int) -> nn.Module:
+    """The finished run's ensemble, rebuilt from its ``config.yaml`` and ``model.pt``, frozen, in eval mode."""
+    path = Path(run_dir)
+    if not (path / "model.pt").is_file():
+        raise UserError(f"teacher_run {path} has no model.pt (not a finished run)")
+    return runs.trained_ensemble(path, num_classes, train_size).requires_grad_(False).eval()

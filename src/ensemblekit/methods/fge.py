@@ -23,7 +23,7 @@ from torch import nn
 from ensemblekit.config import config_to_dict
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
 from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, RunReader
 from ensemblekit.methods.snapshot import copy_into
 from ensemblekit.methods.subnetwork.parent import parent_loader
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
@@ -61,8 +61,8 @@ class FGE(Method):
     Options = FGEOptions
     summary = "Fast Geometric Ensembling: cyclic linear lr after pre-training (Garipov et al., 2018)"
 
-    def __init__(self, cfg, num_classes: int, train_size: int) -> None:
-        super().__init__(cfg, num_classes, train_size)
+    def __init__(self, cfg, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
+        super().__init__(cfg, num_classes, train_size, runs)
         o = self.options
         if o.cycle_epochs % 2:
             raise UserError(f"config error: method.cycle_epochs: must be even (got {o.cycle_epochs})")
@@ -87,7 +87,14 @@ class FGE(Method):
         hooks = StageHooks()
         if loads:
             hooks.at_end.append(
-                parent_loader(o.pretrain_run, o.pretrain_weights, o.charge_pretrain, self._model_cfg(), "pretrain")
+                parent_loader(
+                    self.runs if o.pretrain_run else None,
+                    o.pretrain_run,
+                    o.pretrain_weights,
+                    o.charge_pretrain,
+                    self._model_cfg(),
+                    "pretrain",
+                )
             )
         pretrain = stage_from_train(
             "pretrain", self.worker, train, epochs=epochs, data_seed=self.member_seed(0), hooks=hooks

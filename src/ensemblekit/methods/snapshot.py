@@ -17,7 +17,7 @@ from torch import nn
 
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
 from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, RunReader
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, stage_from_train
 
 
@@ -49,8 +49,8 @@ class Snapshot(Method):
     Options = SnapshotOptions
     summary = "Snapshot Ensembles: K cosine cycles, a snapshot per cycle (Huang et al., 2017)"
 
-    def __init__(self, cfg, num_classes: int, train_size: int) -> None:
-        super().__init__(cfg, num_classes, train_size)
+    def __init__(self, cfg, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
+        super().__init__(cfg, num_classes, train_size, runs)
         self.cycles = self.options.cycles or self.options.members
         if self.cycles < self.options.members:
             raise UserError(f"config error: method.cycles: must be >= members ({self.options.members})")

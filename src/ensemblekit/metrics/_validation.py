@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ensemblekit.ensemble import COMBINE_RULES
+from ensemblekit.metrics.combine import COMBINE_RULES
 
 # Rows of a probability tensor must sum to 1 within this tolerance; loose enough for float16/bfloat16
 # softmax outputs, tight enough to catch logits passed by mistake.

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from ensemblekit.ensemble import Combine
 from ensemblekit.metrics._validation import as_labels, as_probabilities, check_combine
+from ensemblekit.metrics.combine import Combine
 
 LOG_EPS = 1e-12
 """Probabilities are clamped to at least this value before taking the log in NLL, KL and entropy."""

@@ -57,7 +57,7 @@ def sparse_model_costs(nets: Iterable[nn.Module], costs: Mapping[str, Any], inpu
     Args:
         nets: The member networks (one network holding every member, as NFE's, is fine).
         costs: Dense costs with ``inference_flops``, ``single_inference_flops`` and ``params`` (as
-            :func:`ensemblekit.runner.describe_costs` returns them).
+            :func:`ensemblekit.runs.costs.describe_costs` returns them).
         input_shape: Input shape with batch 1.
 
     Returns:

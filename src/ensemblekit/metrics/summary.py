@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from ensemblekit.ensemble import Combine
 from ensemblekit.metrics._validation import as_labels, as_probabilities, check_combine
 from ensemblekit.metrics.calibration import binned_ece
 from ensemblekit.metrics.classification import (
@@ -24,6 +23,7 @@ from ensemblekit.metrics.classification import (
     nll_per_sample,
     tiny_log,
 )
+from ensemblekit.metrics.combine import Combine
 from ensemblekit.metrics.diversity import (
     correlation_matrix,
     disagreement_matrix,

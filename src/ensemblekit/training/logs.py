@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ensemblekit.training.checkpoint import atomic_write_bytes
+from ensemblekit.atomic import atomic_write_bytes
 
 LOG_FIELDS = [
     "stage",

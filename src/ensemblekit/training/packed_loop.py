@@ -18,6 +18,7 @@ from ensemblekit.metrics import ensemble_metrics
 from ensemblekit.training.optim import build_optimizer, build_scheduler
 from ensemblekit.training.packed_members import MemberPack, packed_member_losses
 from ensemblekit.training.stage import Stage, StageContext
+from ensemblekit.training.steps import FINITE_CHECK_EVERY, TrainingInterrupted, measure_stage_flops
 
 if TYPE_CHECKING:
     from ensemblekit.training.engine import Engine
@@ -91,7 +92,6 @@ def _run_packed_epoch(engine, ctx, pack: MemberPack, optimizer, scheduler, loade
     ctx.global_step = epoch * steps + first_step
     sync_free = engine.check_loss_every_step
     forward = pack.forward if engine.compile_mode is None else torch.compile(pack.forward, mode=engine.compile_mode)
-    from ensemblekit.training.engine import FINITE_CHECK_EVERY, TrainingInterrupted, measure_stage_flops
 
     for step, batches in enumerate(zip(*loaders, strict=False)):
         if step >= steps:

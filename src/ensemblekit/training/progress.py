@@ -11,26 +11,12 @@ different cost per image (a smaller MotherNet, a teacher's forward passes) make 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-
-def _fmt_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
-
-
-def _is_sized_terminal(stream: TextIO) -> bool:
-    """A terminal with a known width (a pseudo-terminal of width 0 would hide a bar entirely)."""
-    try:
-        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
-    except (AttributeError, OSError, ValueError):
-        return False
+from ensemblekit.console import format_eta, is_sized_terminal
 
 
 class Progress:
@@ -56,7 +42,7 @@ class Progress:
     ) -> None:
         self.stream = stream or sys.stdout
         if mode == "auto":
-            mode = "bar" if _is_sized_terminal(self.stream) else "plain"
+            mode = "bar" if is_sized_terminal(self.stream) else "plain"
         self.mode = mode
         self.every_seconds = every_seconds
         self.every_steps = every_steps
@@ -128,7 +114,7 @@ class Progress:
         stage_left, run_left = self._etas()
         if stage_left != stage_left:  # nan: nothing measured yet
             return "eta ?"
-        return f"eta {_fmt_eta(stage_left)} (run {_fmt_eta(run_left)})"
+        return f"eta {format_eta(stage_left)} (run {format_eta(run_left)})"
 
     def step(self, epoch: int, step: int, stats: Callable[[], dict[str, float]] | None = None) -> None:
         """One optimiser step (0-based ``step`` of ``epoch``) done; ``stats()`` gives loss, acc, lr and img/s.
@@ -141,7 +127,7 @@ class Progress:
             if stats is not None and (step % 10 == 0 or step == self._steps - 1):
                 s = stats()
                 _, run_left = self._etas()
-                run = f" run eta {_fmt_eta(run_left)}" if run_left == run_left else ""
+                run = f" run eta {format_eta(run_left)}" if run_left == run_left else ""
                 self._bar.set_postfix_str(
                     f"ep {epoch + 1}/{self._epochs} loss {s['loss']:.3f} acc {s['acc']:.3f} "
                     f"lr {s['lr']:.3g} {s['img_s']:.0f} img/s{run}",

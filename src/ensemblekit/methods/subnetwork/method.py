@@ -26,7 +26,7 @@ from torch import nn
 
 from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method
+from ensemblekit.methods.base import METHODS, Method, RunReader
 from ensemblekit.methods.subnetwork import anneal, noise
 from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
 from ensemblekit.methods.subnetwork.options import MASKED_FAMILIES, SubnetworkOptions, group_size
@@ -58,8 +58,8 @@ class Subnetwork(Method):
     Options = SubnetworkOptions
     summary = "Neural Subnetwork Ensembles: perturbed, tuned children of one parent (Whitaker)"
 
-    def __init__(self, cfg, num_classes: int, train_size: int) -> None:
-        super().__init__(cfg, num_classes, train_size)
+    def __init__(self, cfg, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
+        super().__init__(cfg, num_classes, train_size, runs)
         o: SubnetworkOptions = self.options  # type: ignore[assignment]
         self.candidates = o.candidates or o.members
         if self.candidates < o.members:
@@ -112,7 +112,16 @@ class Subnetwork(Method):
             epochs=0 if loads else train.epochs,
             data_seed=self.member_seed(0),
             hooks=StageHooks(
-                at_end=[parent_loader(o.parent_run, o.parent_weights, o.charge_parent, self._model_cfg(), "parent")]
+                at_end=[
+                    parent_loader(
+                        self.runs if o.parent_run else None,
+                        o.parent_run,
+                        o.parent_weights,
+                        o.charge_parent,
+                        self._model_cfg(),
+                        "parent",
+                    )
+                ]
                 if loads
                 else []
             ),

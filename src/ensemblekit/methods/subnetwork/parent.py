@@ -21,7 +21,7 @@ from torch import nn
 
 from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
-from ensemblekit.run_dir import read_metrics, read_run_config
+from ensemblekit.methods.base import RunReader
 from ensemblekit.training.checkpoint import load_checkpoint
 
 PARENT_PREFIXES = ("parent.", "members.0.")
@@ -75,30 +75,33 @@ def _strip(state: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def read_parent_run(run_dir: str | Path, model_cfg: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_parent_run(
+    runs: RunReader, run_dir: str | Path, model_cfg: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The parent backbone state of a finished run and that run's recorded training costs.
 
     Args:
+        runs: How to read the run (handed in by the run layer).
         run_dir: The run directory.
         model_cfg: This run's ``model`` section (the parent run's must be equal).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"method.parent_run: {run_dir} is not a run directory (no config.yaml)")
-    cfg = read_run_config(run_dir)
-    theirs = config_to_dict(cfg)["model"]
+    theirs = config_to_dict(runs.config(run_dir))["model"]
     if theirs != model_cfg:
         raise UserError(f"method.parent_run: {run_dir} trained model {theirs}, this run configures {model_cfg}")
     model = run_dir / "model.pt"
     if not model.is_file():
         raise UserError(f"method.parent_run: {run_dir} has no model.pt (the run has not finished)")
-    state = load_checkpoint(model).get("state_dict")
-    if not isinstance(state, dict):
-        raise UserError(f"method.parent_run: {model} is not an ensemblekit model file")
+    try:
+        state = runs.model_state(run_dir)
+    except UserError:
+        raise UserError(f"method.parent_run: {model} is not an ensemblekit model file") from None
     for prefix in PARENT_PREFIXES:
         sub = _strip(state, prefix)
         if sub and not (prefix == "members.0." and any(k.startswith("members.1.") for k in state)):
-            return sub, read_metrics(run_dir).get("costs", {})
+            return sub, runs.recorded_costs(run_dir)
     raise UserError(f"method.parent_run: {run_dir} does not hold a single backbone (a single or subnetwork run)")
 
 
@@ -115,13 +118,17 @@ def read_parent_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def parent_loader(run: str | None, weights: str | None, charge: bool, model_cfg: dict[str, Any], field: str):
+def parent_loader(
+    runs: RunReader | None, run: str | None, weights: str | None, charge: bool, model_cfg: dict[str, Any], field: str
+):
     """A deterministic stage-end hook that loads the parent into the stage's module.
 
     With ``run`` and ``charge``, the parent's recorded training cost (its ``parent`` stage for a subnetwork run,
     else the whole run) is charged to the current stage of the cost meter: FLOPs, images and seconds.
 
     Args:
+        runs: How to read ``run`` (the method's :attr:`~ensemblekit.methods.base.Method.runs`; ``None`` without
+            ``run``).
         run: ``parent_run`` directory, or None.
         weights: ``parent_weights`` file, or None.
         charge: Charge the parent run's cost.
@@ -132,7 +139,7 @@ def parent_loader(run: str | None, weights: str | None, charge: bool, model_cfg:
     def load(ctx) -> None:
         if run is not None:
             try:
-                state, costs = read_parent_run(run, model_cfg)
+                state, costs = read_parent_run(runs, run, model_cfg)
             except UserError as exc:
                 raise UserError(str(exc).replace("method.parent_run", f"method.{field}_run")) from None
             load_plain_state(ctx.module, state, f"run {run}")

@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
+from ensemblekit.atomic import atomic_write_bytes, temp_name_pattern
 from ensemblekit.config import Config, config_from_dict, config_to_dict, read_yaml
 from ensemblekit.errors import UserError, one_line
-from ensemblekit.run_lock import LOCK_NAME
-from ensemblekit.training.checkpoint import atomic_write_bytes, temp_name_pattern
+from ensemblekit.runs.lock import LOCK_NAME
 
 RUN_FILES = (
     "config.yaml",
@@ -91,7 +91,7 @@ def remove_orphan_temp_files(run_dir: Path) -> int:
 def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     """Check and create the output directory; never touch an existing run unless told to.
 
-    Call it holding the run's lock (:func:`~ensemblekit.run_lock.run_lock`). Temporary files of interrupted
+    Call it holding the run's lock (:func:`~ensemblekit.runs.lock.run_lock`). Temporary files of interrupted
     writes are removed; a folder holding nothing but such leftovers counts as empty.
 
     Returns:
@@ -158,12 +158,6 @@ def run_meta() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically."""
-    text = json.dumps(data, indent=2, default=float) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ensemblekit.atomic import write_json
 from ensemblekit.config import Config, config_to_dict
 from ensemblekit.errors import UserError, shorten
 from ensemblekit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -134,8 +135,6 @@ def mark_stale(run_dir: Path, reason: str) -> list[str]:
     The values stay readable (``ensemblekit evaluate`` writes fresh ones); returns the names of the marked files.
     """
     import json
-
-    from ensemblekit.run_dir import write_json
 
     marked = []
     for name in STALE_FILES:

@@ -18,12 +18,17 @@ from typing import Any
 
 import torch
 
+from ensemblekit.atomic import write_json
 from ensemblekit.config import config_from_dict, config_to_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.subnetwork.options import SubnetworkOptions, group_size, is_partitioned
-from ensemblekit.run_dir import read_metrics, read_run_config, write_json, write_run_config
-from ensemblekit.run_extend import mark_stale
-from ensemblekit.run_lock import run_lock
+from ensemblekit.runs.costs import describe_costs, model_cost_fields
+from ensemblekit.runs.directory import read_metrics, read_run_config, write_run_config
+from ensemblekit.runs.evaluate import evaluate_ensemble
+from ensemblekit.runs.extend import mark_stale
+from ensemblekit.runs.fabric import make_engine, make_fabric
+from ensemblekit.runs.loading import build_ensemble, check_model_identity, load_run_data, save_model
+from ensemblekit.runs.lock import run_lock
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.logs import RunLogger
 
@@ -57,24 +62,13 @@ def grown_config(cfg, old_members: int, children: int):
 def grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str, Any]:
     """Add ``children`` tuned children to the finished ``subnetwork`` run in ``run_dir``; return the new record.
 
-    The run directory's writer lock is held throughout (see :mod:`ensemblekit.run_lock`).
+    The run directory's writer lock is held throughout (see :mod:`ensemblekit.runs.lock`).
     """
     with run_lock(run_dir, "grow"):
         return _grow(run_dir, children, quiet=quiet)
 
 
 def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str, Any]:
-    from ensemblekit.runner import (
-        build_ensemble,
-        check_model_identity,
-        describe_costs,
-        evaluate_ensemble,
-        load_run_data,
-        make_engine,
-        make_fabric,
-        model_cost_fields,
-        save_model,
-    )
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
