@@ -121,7 +121,6 @@ def load_teacher_run(run_dir: str | Path, num_classes: int, train_size: int) -> 
 class Distillation(HeterogeneousMembers):
     """Knowledge distillation from a teacher network or ensemble into each member (Hinton et al., 2015)."""
 
-    name = "distillation"
     Options = DistillationOptions
     summary = "members distilled from a teacher network/ensemble (Hinton et al., 2015)"
 
