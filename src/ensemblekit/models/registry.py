@@ -32,7 +32,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from ensemblekit.errors import UserError, one_line, shorten
@@ -108,13 +107,18 @@ class ModelEntry:
             raise ValueError(f"model {name!r}: family {family!r} has no argument(s) {', '.join(unknown)}")
         self.name = name
         self.family = family
-        self.arguments = MappingProxyType(dict(arguments))
+        self._arguments = tuple(arguments.items())
         self.__doc__ = doc
         self.__signature__ = inspect.Signature(
             [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=10)]
             + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in self.options.items()]
             + [inspect.Parameter("layers", inspect.Parameter.KEYWORD_ONLY, default=None)]
         )
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The family arguments this name fixes (a copy)."""
+        return dict(self._arguments)
 
     @property
     def options(self) -> dict[str, Any]:
