@@ -86,7 +86,10 @@ def test_member_architectures_are_checked_when_the_options_are():
 def test_register_model_adds_a_variant_without_a_wrapper(monkeypatch):
     monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # forget the test's registrations afterwards
     entry = register_model("test_resnet26", family="resnet", depth=26, doc="CIFAR ResNet-26, for this test.")
-    assert MODELS.get("test_resnet26") is entry and entry.__doc__ == "CIFAR ResNet-26, for this test."
+    assert MODELS.get("test_resnet26") is entry and entry.__doc__ == (
+        "CIFAR ResNet-26, for this test. Options: width=1.0, shortcut='projection', dropout=0.0, in_channels=3 "
+        "(see ``resnet_spec``)."
+    )
     with torch.device("meta"):
         model = create_model("test_resnet26", num_classes=10, shortcut="zero_pad")
         same = create_model("resnet", num_classes=10, depth=26, shortcut="zero_pad")

@@ -182,11 +182,8 @@ register_family("densenet", make_spec=densenet_spec, build=build_densenet)
 register_model(
     "densenet",
     family="densenet",
-    doc="CIFAR DenseNet of any depth/growth rate (Huang et al. 2017; default DenseNet-BC-100, k = 12). Options: "
-    "depth (6n+4 with bottleneck, 3n+4 without), growth_rate, bottleneck, compression, width, dropout, "
-    "in_channels (see ``densenet_spec``).",
+    doc="CIFAR DenseNet of any depth/growth rate (Huang et al. 2017; default DenseNet-BC-100, k = 12).",
 )
-_OPTIONS_DOC = " Options: width, dropout, in_channels (see ``densenet_spec``)."
 register_model(
     "densenet_bc100_12",
     family="densenet",
@@ -195,7 +192,7 @@ register_model(
     bottleneck=True,
     compression=0.5,
     doc="DenseNet-BC-100, k = 12 (Huang et al. 2017): 3 blocks of 16 bottleneck layers, compression 0.5, "
-    "stem 24 channels, final BN-ReLU; 769,162 parameters for 10 classes." + _OPTIONS_DOC,
+    "stem 24 channels, final BN-ReLU; 769,162 parameters for 10 classes.",
 )
 register_model(
     "densenet_bc40_12",
@@ -205,7 +202,7 @@ register_model(
     bottleneck=True,
     compression=0.5,
     doc="DenseNet-BC-40, k = 12 (small variant for quick runs): 3 blocks of 6 bottleneck layers, "
-    "compression 0.5, stem 24 channels, final BN-ReLU; 176,122 parameters for 10 classes." + _OPTIONS_DOC,
+    "compression 0.5, stem 24 channels, final BN-ReLU; 176,122 parameters for 10 classes.",
 )
 register_model(
     "densenet40_12",
@@ -215,5 +212,5 @@ register_model(
     bottleneck=False,
     compression=1.0,
     doc="DenseNet-40, k = 12 (Huang et al. 2017, original): 3 blocks of 12 layers without bottleneck or "
-    "compression, stem 16 channels, final BN-ReLU; 1,019,722 parameters for 10 classes." + _OPTIONS_DOC,
+    "compression, stem 16 channels, final BN-ReLU; 1,019,722 parameters for 10 classes.",
 )

@@ -123,7 +123,7 @@ def preact_resnet_spec(
         depth: 18 ([2, 2, 2, 2] blocks) or 34 ([3, 4, 6, 3]).
         num_classes: Classifier outputs.
         width: Channel multiplier (:func:`~ensemblekit.models.spec.scale_channels`).
-        final_bn: Whether the head applies BN-ReLU before pooling.
+        final_bn: Whether the head applies BN-ReLU before pooling (False gives kuangliu's PreActResNet18).
         shortcut: ``"projection"`` (1x1 conv) or ``"zero_pad"``.
         dropout: Rate of the dropout between the two convs of every block.
         in_channels: Input image channels.
@@ -153,9 +153,7 @@ register_family("preact_resnet", make_spec=preact_resnet_spec, build=build_preac
 register_model(
     "preact_resnet",
     family="preact_resnet",
-    doc="CIFAR pre-activation ResNet-18/34 (He et al. 2016b; 3x3 stem, 1x1-conv projection shortcuts). Options: "
-    "depth (18 or 34, default 18), width, final_bn (default True; False gives kuangliu's PreActResNet), shortcut, "
-    "dropout, in_channels (see ``preact_resnet_spec``).",
+    doc="CIFAR pre-activation ResNet-18/34 (He et al. 2016b; 3x3 stem, 1x1-conv projection shortcuts).",
 )
 register_model(
     "resnet18",
@@ -163,6 +161,5 @@ register_model(
     depth=18,
     doc="CIFAR pre-activation ResNet-18 (He et al. 2016b): 3x3 stem, [2, 2, 2, 2] blocks, 64-512 channels. "
     "Projection shortcuts are 1x1 convs on the pre-activated input; final_bn=True (default, 11,172,170 parameters "
-    "for 10 classes) adds BN-ReLU before pooling, final_bn=False is kuangliu's PreActResNet18 (11,171,146). "
-    "Options: width, final_bn, shortcut, dropout, in_channels (see ``preact_resnet_spec``).",
+    "for 10 classes) adds BN-ReLU before pooling, final_bn=False is kuangliu's PreActResNet18 (11,171,146).",
 )

@@ -97,7 +97,8 @@ class ModelEntry:
         name: The model name.
         family: A name registered in ``FAMILIES``.
         arguments: The family arguments this name fixes (``{"depth": 28, "widen_factor": 10}``).
-        doc: What the model is: paper, structure, parameter count (shown by ``help`` and the docs).
+        doc: What the model is: paper, structure, parameter count; the entry's ``__doc__`` adds its options
+            and their defaults, taken from the spec function.
     """
 
     def __init__(self, name: str, family: str, arguments: Mapping[str, Any], doc: str) -> None:
@@ -108,7 +109,8 @@ class ModelEntry:
         self.name = name
         self.family = family
         self._arguments = tuple(arguments.items())
-        self.__doc__ = doc
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        self.__doc__ = f"{doc} Options: {options} (see ``{FAMILIES.get(family).make_spec.__name__}``)."
         self.__signature__ = inspect.Signature(
             [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=10)]
             + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in self.options.items()]
@@ -168,7 +170,8 @@ def register_model(name: str, *, family: str, doc: str, **arguments: Any) -> Mod
     Args:
         name: The model name (``model.name`` in a config).
         family: A registered family.
-        doc: One paragraph: the paper, the structure, the parameter count for 10 classes.
+        doc: One paragraph: the paper, the structure, the parameter count for 10 classes (the options are
+            added from the family's spec function).
         **arguments: Family arguments that the name fixes; the others stay options.
 
     Returns:

@@ -131,8 +131,7 @@ register_model(
     "resnet",
     family="resnet",
     doc="CIFAR ResNet of any depth 6n+2 (He et al. 2016a): n post-activation basic blocks per stage, channels "
-    "16/32/64 x width, no final BN. Options: depth (default 20), width, shortcut, dropout, in_channels "
-    "(see ``resnet_spec``).",
+    "16/32/64 x width, no final BN.",
 )
 for _depth in DEPTHS:
     register_model(
@@ -141,5 +140,5 @@ for _depth in DEPTHS:
         depth=_depth,
         doc=f"CIFAR ResNet-{_depth} (He et al. 2016a): {(_depth - 2) // 6} post-activation basic blocks per stage, "
         "channels 16/32/64 x width, no final BN; shortcut 'projection' (1x1 conv + BN, default) or 'zero_pad' "
-        "(option A). Options: width, shortcut, dropout, in_channels (see ``resnet_spec``).",
+        "(option A).",
     )

@@ -84,7 +84,7 @@ def vgg_spec(
         width: Multiplier of every conv's filters (rounded half up, at least 1).
         dropout: Rate of the dropout after stages 1..4 and before the classifier.
         batch_norm: Whether BN follows every conv.
-        conv_bias: Whether convs have biases.
+        conv_bias: Whether convs have biases (True in the common CIFAR variant).
         in_channels: Input image channels.
 
     Returns:
@@ -137,9 +137,7 @@ register_family("vgg", make_spec=vgg_spec, build=build_vgg)
 register_model(
     "vgg",
     family="vgg",
-    doc="CIFAR VGG-11/13/16/19 with BN (Simonyan & Zisserman 2015; one linear classifier on the pooled 512 "
-    "features). Options: depth (default 16), width, dropout, batch_norm, conv_bias (True in the common CIFAR "
-    "variant), in_channels (see ``vgg_spec``).",
+    doc="CIFAR VGG-11/13/16/19 with BN (Simonyan & Zisserman 2015; one linear classifier on the pooled 512 features).",
 )
 for _depth, _stages in CONFIGS.items():
     register_model(
@@ -148,6 +146,5 @@ for _depth, _stages in CONFIGS.items():
         depth=_depth,
         doc=f"CIFAR VGG-{_depth} with BN (Simonyan & Zisserman 2015, configuration {CONFIG_LETTERS[_depth]}): "
         f"{'/'.join(str(len(stage)) for stage in _stages)} conv-BN-ReLU layers per stage, max-pool after each "
-        "stage, biased convs, one linear classifier on the pooled features. Options: width, dropout, batch_norm, "
-        "conv_bias, in_channels (see ``vgg_spec``).",
+        "stage, biased convs, one linear classifier on the pooled features.",
     )

@@ -43,8 +43,8 @@ def wrn_spec(
         widen_factor: k, multiplying the 16/32/64 channels of the stages (not the stem).
         num_classes: Classifier outputs.
         width: Extra multiplier of every channel count (rounded half up, at least 1).
-        dropout: Rate of the dropout between the two convs of every block.
-        conv_bias: Whether convs have biases.
+        dropout: Rate of the dropout between the two convs of every block (0.3 in the paper's runs).
+        conv_bias: Whether convs have biases (False in the paper; True in the NFE / Prune-and-Tune code).
         in_channels: Input image channels.
 
     Returns:
@@ -90,9 +90,7 @@ register_family("wide_resnet", make_spec=wrn_spec, build=build_wide_resnet)
 register_model(
     "wrn",
     family="wide_resnet",
-    doc="WideResNet WRN-depth-widen_factor (Zagoruyko & Komodakis 2016; pre-activation, final BN-ReLU). Options: "
-    "depth (6n+4, default 28), widen_factor (k, default 10), width, dropout (0.3 in the paper's runs), conv_bias "
-    "(False in the paper), in_channels (see ``wrn_spec``).",
+    doc="WideResNet WRN-depth-widen_factor (Zagoruyko & Komodakis 2016; pre-activation, final BN-ReLU).",
 )
 for _depth, _k in VARIANTS:
     register_model(
@@ -102,5 +100,5 @@ for _depth, _k in VARIANTS:
         widen_factor=_k,
         doc=f"WideResNet WRN-{_depth}-{_k} (Zagoruyko & Komodakis 2016): {(_depth - 4) // 6} pre-activation "
         f"blocks per stage, channels {16 * _k}/{32 * _k}/{64 * _k} x width, bias-free convs, 1x1-conv projection "
-        "shortcuts, final BN-ReLU. Options: width, dropout, conv_bias, in_channels (see ``wrn_spec``).",
+        "shortcuts, final BN-ReLU.",
     )
