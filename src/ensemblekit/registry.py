@@ -27,10 +27,14 @@ class Registry:
 
     Args:
         kind: What the registry holds ("model", "method", "dataset"); used in error messages.
+        name_attribute: When set, registering a class sets this class attribute to the registered name, so the
+            name is written once, in the decorator (``METHODS`` sets ``Method.name``). A class that already
+            defines the attribute itself must agree with the name it is registered under.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, name_attribute: str | None = None) -> None:
         self.kind = kind
+        self.name_attribute = name_attribute
         self._entries: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
@@ -40,6 +44,11 @@ class Registry:
             key = name or fn.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
+            if self.name_attribute is not None and isinstance(fn, type):
+                own = vars(fn).get(self.name_attribute, key)
+                if own != key:
+                    raise ValueError(f"{self.kind} {key!r}: the class sets {self.name_attribute} = {own!r}")
+                setattr(fn, self.name_attribute, key)
             self._entries[key] = fn
             return fn
 

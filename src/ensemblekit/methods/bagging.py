@@ -38,7 +38,6 @@ def bootstrap_indices(n: int, size: int, seed: int) -> torch.Tensor:
 class Bagging(HeterogeneousMembers):
     """M members, each on a bootstrap resample (Breiman, 1996)."""
 
-    name = "bagging"
     Options = BaggingOptions
     summary = "members on bootstrap resamples (Breiman, 1996)"
 

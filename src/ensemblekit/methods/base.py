@@ -27,7 +27,7 @@ from ensemblekit.models import create_model, list_models
 from ensemblekit.registry import Registry
 from ensemblekit.training.stage import Stage
 
-METHODS = Registry("method")
+METHODS = Registry("method", name_attribute="name")
 
 BUILTIN_MODELS = frozenset(list_models())
 """The models ensemblekit registers itself (all :class:`~ensemblekit.models.Backbone`); others are custom."""

@@ -143,7 +143,6 @@ def batch_ensemble_param_groups(
 class BatchEnsemble(Method):
     """Shared slow weights, per-member rank-1 fast weights, members run in one pass on the tiled batch."""
 
-    name = "batch_ensemble"
     Options = BatchEnsembleOptions
     summary = "shared weights with per-member rank-1 factors, tiled batch (Wen et al., 2020)"
 

@@ -32,7 +32,6 @@ class DeepEnsembleOptions(MethodOptions):
 class DeepEnsemble(Method):
     """M independent members, mean of softmax probabilities."""
 
-    name = "deep_ensemble"
     Options = DeepEnsembleOptions
     summary = "M independent members (Lakshminarayanan et al., 2017)"
 

@@ -107,7 +107,6 @@ class TeacherSignal:
 class Distillation(HeterogeneousMembers):
     """Knowledge distillation from a teacher network or ensemble into each member (Hinton et al., 2015)."""
 
-    name = "distillation"
     Options = DistillationOptions
     summary = "members distilled from a teacher network/ensemble (Hinton et al., 2015)"
 

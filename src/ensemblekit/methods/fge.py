@@ -57,7 +57,6 @@ class FGEOptions(MethodOptions):
 class FGE(Method):
     """Pre-train, then collect a model at each minimum of a cyclic linear learning rate."""
 
-    name = "fge"
     Options = FGEOptions
     summary = "Fast Geometric Ensembling: cyclic linear lr after pre-training (Garipov et al., 2018)"
 

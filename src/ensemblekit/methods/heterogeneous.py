@@ -26,9 +26,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
+from ensemblekit.errors import UserError
 from ensemblekit.methods.base import Method, MethodOptions
 from ensemblekit.metrics import inference_flops
-from ensemblekit.models import create_model
+from ensemblekit.models import check_model_options, create_model
 
 
 class ArchitectureEntry(BaseModel):
@@ -42,6 +43,15 @@ class ArchitectureEntry(BaseModel):
     def kwargs(self) -> dict[str, Any]:
         """The model's keyword options."""
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _known_model_and_options(self) -> ArchitectureEntry:
+        """The name is a registered model and the options are its (checked against its spec when validated)."""
+        try:
+            check_model_options(self.name, self.kwargs)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class HeterogeneousOptions(MethodOptions):

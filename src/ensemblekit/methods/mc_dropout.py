@@ -64,7 +64,6 @@ class MCDropoutOptions(MethodOptions):
 class MCDropout(Method):
     """One network with dropout; S stochastic passes at test time."""
 
-    name = "mc_dropout"
     Options = MCDropoutOptions
     summary = "dropout kept on at test time, S passes (Gal & Ghahramani, 2016)"
 

@@ -129,7 +129,6 @@ class MIMOOptions(MethodOptions):
 class MIMO(Method):
     """M subnetworks in one backbone: M input slots on channels, M heads."""
 
-    name = "mimo"
     Options = MIMOOptions
     summary = "M inputs on channels, M heads, one network (Havasi et al., 2021)"
 

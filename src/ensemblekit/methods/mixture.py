@@ -274,7 +274,6 @@ def coefficient_param_groups(spec: OptimSpec) -> Callable[[nn.Module], list[dict
 class Mixture(Method):
     """MixtureEnsembles: template banks shared by members that own coefficients and BatchNorm."""
 
-    name = "mixture"
     Options = MixtureOptions
     summary = "members mix templates of a shared parameter bank (MixtureEnsembles, seed 003)"
 

@@ -102,7 +102,6 @@ class MotherNetsOptions(HeterogeneousOptions):
 class MotherNets(HeterogeneousMembers):
     """MotherNets (Wasay et al., MLSys 2020): shared MotherNet epochs, Net2Net hatching, member training."""
 
-    name = "mothernets"
     Options = MotherNetsOptions
     summary = "MotherNets: hatch (heterogeneous) members from per-cluster MotherNets (Wasay et al., 2020)"
     requires = "it grows members from an architecture spec (a built-in model's spec), which a custom module lacks"

@@ -176,7 +176,6 @@ class PackedOptions(MethodOptions):
 class Packed(Method):
     """M narrower members packed into one network of grouped convolutions, trained and run in one pass."""
 
-    name = "packed"
     Options = PackedOptions
     summary = "M members as one network of grouped convolutions, width x alpha (Laurent et al., 2023)"
     requires = "it builds grouped convolutions from an ensemblekit architecture spec (use a built-in model)"

@@ -26,7 +26,6 @@ class SingleOptions(MethodOptions):
 class Single(Method):
     """One network trained with the config's ``train`` recipe (a one-member ensemble)."""
 
-    name = "single"
     Options = SingleOptions
     summary = "one backbone (reference)"
 

@@ -45,7 +45,6 @@ def copy_into(slot: nn.Module, worker: nn.Module) -> None:
 class Snapshot(Method):
     """Snapshots at the ends of K cosine cycles with warm restarts."""
 
-    name = "snapshot"
     Options = SnapshotOptions
     summary = "Snapshot Ensembles: K cosine cycles, a snapshot per cycle (Huang et al., 2017)"
 

@@ -68,7 +68,6 @@ class TreeNetEnsemble(Ensemble):
 class TreeNet(Method):
     """Shared trunk of the first stages, M branches of the rest (Lee et al., 2015)."""
 
-    name = "treenet"
     Options = TreeNetOptions
     summary = "shared trunk + M branches, summed loss (Lee et al., 2015)"
     requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"

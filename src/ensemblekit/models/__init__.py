@@ -1,7 +1,8 @@
 """Backbones for CIFAR-sized images: CIFAR ResNets, pre-activation ResNet-18, WideResNets, VGG, DenseNet.
 
 Every backbone is a :class:`Backbone` ``head(stages(stem(x)))`` built from a spec (``model.spec``) through a
-:class:`LayerFactory`.
+:class:`LayerFactory`. A model name is a registered architecture: a family plus the arguments the name fixes
+(:func:`register_model`; :mod:`ensemblekit.models.registry`).
 
 Example:
     >>> from ensemblekit.models import create_model, list_models
@@ -17,10 +18,14 @@ from ensemblekit.models.factory import LayerFactory
 from ensemblekit.models.registry import (
     FAMILIES,
     MODELS,
+    Family,
+    ModelEntry,
     build_model,
     check_model_options,
     create_model,
     list_models,
+    register_family,
+    register_model,
 )
 from ensemblekit.models.spec import DenseNetSpec, ModelSpec, ResNetSpec, VGGSpec, scale_channels, spec_from_dict
 
@@ -31,7 +36,9 @@ __all__ = [
     "ClassifierHead",
     "ConvStem",
     "DenseNetSpec",
+    "Family",
     "LayerFactory",
+    "ModelEntry",
     "ModelSpec",
     "ResNetSpec",
     "VGGSpec",
@@ -39,6 +46,8 @@ __all__ = [
     "check_model_options",
     "create_model",
     "list_models",
+    "register_family",
+    "register_model",
     "scale_channels",
     "spec_from_dict",
 ]

@@ -25,7 +25,7 @@ from ensemblekit.errors import UserError
 from ensemblekit.models.backbone import Backbone, ClassifierHead, ConvStem
 from ensemblekit.models.factory import LayerFactory, resolve_layers
 from ensemblekit.models.init import init_weights
-from ensemblekit.models.registry import FAMILIES, MODELS
+from ensemblekit.models.registry import register_family, register_model
 from ensemblekit.models.spec import DenseNetSpec, scale_channels
 
 
@@ -178,98 +178,39 @@ def build_densenet(spec: DenseNetSpec, layers: LayerFactory | None = None) -> Ba
     return model
 
 
-FAMILIES.add("densenet", build_densenet)
-
-
-@MODELS.register("densenet")
-def densenet(
-    num_classes: int = 10,
-    *,
-    depth: int = 100,
-    growth_rate: int = 12,
-    bottleneck: bool = True,
-    compression: float = 0.5,
-    width: float = 1.0,
-    dropout: float = 0.0,
-    in_channels: int = 3,
-    layers: LayerFactory | None = None,
-) -> Backbone:
-    """CIFAR DenseNet of any depth/growth rate (Huang et al. 2017; default DenseNet-BC-100, k = 12).
-
-    Args:
-        num_classes: Classifier outputs.
-        depth: 6n+4 with bottleneck, 3n+4 without.
-        growth_rate: k.
-        bottleneck: Whether dense layers have the 1x1 bottleneck (B).
-        compression: Transition channel factor (C: 0.5; 1.0 for the original DenseNet).
-        width: Multiplier of growth rate and stem.
-        dropout: Rate of the dropout after every conv of dense layers and transitions.
-        in_channels: Input image channels.
-        layers: Layer factory for every conv/BN/linear.
-
-    Returns:
-        The backbone.
-    """
-    spec = densenet_spec(
-        depth,
-        growth_rate,
-        num_classes,
-        bottleneck=bottleneck,
-        compression=compression,
-        width=width,
-        dropout=dropout,
-        in_channels=in_channels,
-    )
-    return build_densenet(spec, layers=layers)
-
-
-def _register(name: str, depth: int, growth_rate: int, bc: bool, doc: str) -> None:
-    def factory(
-        num_classes: int = 10,
-        *,
-        width: float = 1.0,
-        dropout: float = 0.0,
-        in_channels: int = 3,
-        layers: LayerFactory | None = None,
-    ) -> Backbone:
-        return densenet(
-            num_classes,
-            depth=depth,
-            growth_rate=growth_rate,
-            bottleneck=bc,
-            compression=0.5 if bc else 1.0,
-            width=width,
-            dropout=dropout,
-            in_channels=in_channels,
-            layers=layers,
-        )
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = doc + " Options: width, dropout, in_channels, layers (see ``densenet``)."
-    MODELS.add(name, factory)
-
-
-_register(
+register_family("densenet", make_spec=densenet_spec, build=build_densenet)
+register_model(
+    "densenet",
+    family="densenet",
+    doc="CIFAR DenseNet of any depth/growth rate (Huang et al. 2017; default DenseNet-BC-100, k = 12).",
+)
+register_model(
     "densenet_bc100_12",
-    100,
-    12,
-    True,
-    "DenseNet-BC-100, k = 12 (Huang et al. 2017): 3 blocks of 16 bottleneck layers, compression 0.5, "
+    family="densenet",
+    depth=100,
+    growth_rate=12,
+    bottleneck=True,
+    compression=0.5,
+    doc="DenseNet-BC-100, k = 12 (Huang et al. 2017): 3 blocks of 16 bottleneck layers, compression 0.5, "
     "stem 24 channels, final BN-ReLU; 769,162 parameters for 10 classes.",
 )
-_register(
+register_model(
     "densenet_bc40_12",
-    40,
-    12,
-    True,
-    "DenseNet-BC-40, k = 12 (small variant for quick runs): 3 blocks of 6 bottleneck layers, "
+    family="densenet",
+    depth=40,
+    growth_rate=12,
+    bottleneck=True,
+    compression=0.5,
+    doc="DenseNet-BC-40, k = 12 (small variant for quick runs): 3 blocks of 6 bottleneck layers, "
     "compression 0.5, stem 24 channels, final BN-ReLU; 176,122 parameters for 10 classes.",
 )
-_register(
+register_model(
     "densenet40_12",
-    40,
-    12,
-    False,
-    "DenseNet-40, k = 12 (Huang et al. 2017, original): 3 blocks of 12 layers without bottleneck or "
+    family="densenet",
+    depth=40,
+    growth_rate=12,
+    bottleneck=False,
+    compression=1.0,
+    doc="DenseNet-40, k = 12 (Huang et al. 2017, original): 3 blocks of 12 layers without bottleneck or "
     "compression, stem 16 channels, final BN-ReLU; 1,019,722 parameters for 10 classes.",
 )

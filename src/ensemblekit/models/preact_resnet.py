@@ -22,7 +22,7 @@ from torch import nn
 from ensemblekit.errors import UserError
 from ensemblekit.models.backbone import Backbone, build_residual_network
 from ensemblekit.models.factory import LayerFactory, resolve_layers
-from ensemblekit.models.registry import FAMILIES, MODELS
+from ensemblekit.models.registry import register_family, register_model
 from ensemblekit.models.shortcuts import ZeroPadShortcut, make_shortcut
 from ensemblekit.models.spec import ResNetSpec, scale_channels
 
@@ -107,9 +107,6 @@ def build_preact_resnet(spec: ResNetSpec, layers: LayerFactory | None = None) ->
     return build_preact_network(spec, layers)
 
 
-FAMILIES.add("preact_resnet", build_preact_resnet)
-
-
 def preact_resnet_spec(
     depth: int = 18,
     num_classes: int = 10,
@@ -126,7 +123,7 @@ def preact_resnet_spec(
         depth: 18 ([2, 2, 2, 2] blocks) or 34 ([3, 4, 6, 3]).
         num_classes: Classifier outputs.
         width: Channel multiplier (:func:`~ensemblekit.models.spec.scale_channels`).
-        final_bn: Whether the head applies BN-ReLU before pooling.
+        final_bn: Whether the head applies BN-ReLU before pooling (False gives kuangliu's PreActResNet18).
         shortcut: ``"projection"`` (1x1 conv) or ``"zero_pad"``.
         dropout: Rate of the dropout between the two convs of every block.
         in_channels: Input image channels.
@@ -152,69 +149,17 @@ def preact_resnet_spec(
     )
 
 
-@MODELS.register("preact_resnet")
-def preact_resnet(
-    num_classes: int = 10,
-    *,
-    depth: int = 18,
-    width: float = 1.0,
-    final_bn: bool = True,
-    shortcut: str = "projection",
-    dropout: float = 0.0,
-    in_channels: int = 3,
-    layers: LayerFactory | None = None,
-) -> Backbone:
-    """CIFAR pre-activation ResNet-18/34 (He et al. 2016b; 3x3 stem, 1x1-conv projection shortcuts).
-
-    Args:
-        num_classes: Classifier outputs.
-        depth: 18 or 34.
-        width: Multiplier of the 64/128/256/512 channels (rounded half up, at least 1).
-        final_bn: BN-ReLU before pooling (default True; False gives kuangliu's PreActResNet).
-        shortcut: ``"projection"`` or ``"zero_pad"``.
-        dropout: Rate of the dropout between the two convs of every block.
-        in_channels: Input image channels.
-        layers: Layer factory for every conv/BN/linear.
-
-    Returns:
-        The backbone.
-    """
-    spec = preact_resnet_spec(
-        depth,
-        num_classes,
-        width=width,
-        final_bn=final_bn,
-        shortcut=shortcut,
-        dropout=dropout,
-        in_channels=in_channels,
-    )
-    return build_preact_resnet(spec, layers=layers)
-
-
-@MODELS.register("resnet18")
-def resnet18(
-    num_classes: int = 10,
-    *,
-    width: float = 1.0,
-    final_bn: bool = True,
-    shortcut: str = "projection",
-    dropout: float = 0.0,
-    in_channels: int = 3,
-    layers: LayerFactory | None = None,
-) -> Backbone:
-    """CIFAR pre-activation ResNet-18 (He et al. 2016b): 3x3 stem, [2, 2, 2, 2] blocks, 64-512 channels.
-
-    Projection shortcuts are 1x1 convs on the pre-activated input; ``final_bn=True`` (default,
-    11,172,170 parameters for 10 classes) adds BN-ReLU before pooling, ``final_bn=False`` is
-    kuangliu's PreActResNet18 (11,171,146). Options as in ``preact_resnet``.
-    """
-    return preact_resnet(
-        num_classes,
-        depth=18,
-        width=width,
-        final_bn=final_bn,
-        shortcut=shortcut,
-        dropout=dropout,
-        in_channels=in_channels,
-        layers=layers,
-    )
+register_family("preact_resnet", make_spec=preact_resnet_spec, build=build_preact_resnet)
+register_model(
+    "preact_resnet",
+    family="preact_resnet",
+    doc="CIFAR pre-activation ResNet-18/34 (He et al. 2016b; 3x3 stem, 1x1-conv projection shortcuts).",
+)
+register_model(
+    "resnet18",
+    family="preact_resnet",
+    depth=18,
+    doc="CIFAR pre-activation ResNet-18 (He et al. 2016b): 3x3 stem, [2, 2, 2, 2] blocks, 64-512 channels. "
+    "Projection shortcuts are 1x1 convs on the pre-activated input; final_bn=True (default, 11,172,170 parameters "
+    "for 10 classes) adds BN-ReLU before pooling, final_bn=False is kuangliu's PreActResNet18 (11,171,146).",
+)

@@ -19,7 +19,7 @@ from torch import nn
 from ensemblekit.errors import UserError
 from ensemblekit.models.backbone import Backbone, build_residual_network
 from ensemblekit.models.factory import LayerFactory, resolve_layers
-from ensemblekit.models.registry import FAMILIES, MODELS
+from ensemblekit.models.registry import register_family, register_model
 from ensemblekit.models.shortcuts import make_shortcut
 from ensemblekit.models.spec import ResNetSpec, scale_channels
 
@@ -72,7 +72,7 @@ class BasicBlock(nn.Module):
 
 
 def resnet_spec(
-    depth: int,
+    depth: int = 20,
     num_classes: int = 10,
     *,
     width: float = 1.0,
@@ -126,67 +126,19 @@ def build_resnet(spec: ResNetSpec, layers: LayerFactory | None = None) -> Backbo
     return build_residual_network(spec, BasicBlock, True, layers)
 
 
-FAMILIES.add("resnet", build_resnet)
-
-
-@MODELS.register("resnet")
-def resnet(
-    num_classes: int = 10,
-    *,
-    depth: int = 20,
-    width: float = 1.0,
-    shortcut: str = "projection",
-    dropout: float = 0.0,
-    in_channels: int = 3,
-    layers: LayerFactory | None = None,
-) -> Backbone:
-    """CIFAR ResNet of any depth 6n+2 (He et al. 2016a; post-activation basic blocks, no final BN).
-
-    Args:
-        num_classes: Classifier outputs.
-        depth: 6n+2 (n blocks in each of the 3 stages).
-        width: Multiplier of the 16/32/64 channels (rounded half up, at least 1).
-        shortcut: ``"projection"`` (1x1 conv + BN where the shape changes) or ``"zero_pad"`` (option A).
-        dropout: Rate of the dropout between the two convs of every block.
-        in_channels: Input image channels.
-        layers: Layer factory for every conv/BN/linear.
-
-    Returns:
-        The backbone.
-    """
-    spec = resnet_spec(depth, num_classes, width=width, shortcut=shortcut, dropout=dropout, in_channels=in_channels)
-    return build_resnet(spec, layers=layers)
-
-
-def _register(depth: int) -> None:
-    def factory(
-        num_classes: int = 10,
-        *,
-        width: float = 1.0,
-        shortcut: str = "projection",
-        dropout: float = 0.0,
-        in_channels: int = 3,
-        layers: LayerFactory | None = None,
-    ) -> Backbone:
-        return resnet(
-            num_classes,
-            depth=depth,
-            width=width,
-            shortcut=shortcut,
-            dropout=dropout,
-            in_channels=in_channels,
-            layers=layers,
-        )
-
-    n = (depth - 2) // 6
-    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
-    factory.__doc__ = (
-        f"CIFAR ResNet-{depth} (He et al. 2016a): {n} post-activation basic blocks per stage, channels "
-        "16/32/64 x width, no final BN; shortcut 'projection' (1x1 conv + BN, default) or 'zero_pad' "
-        f"(option A). Options: width, shortcut, dropout, in_channels, layers (see ``resnet``)."
-    )
-    MODELS.add(f"resnet{depth}", factory)
-
-
+register_family("resnet", make_spec=resnet_spec, build=build_resnet)
+register_model(
+    "resnet",
+    family="resnet",
+    doc="CIFAR ResNet of any depth 6n+2 (He et al. 2016a): n post-activation basic blocks per stage, channels "
+    "16/32/64 x width, no final BN.",
+)
 for _depth in DEPTHS:
-    _register(_depth)
+    register_model(
+        f"resnet{_depth}",
+        family="resnet",
+        depth=_depth,
+        doc=f"CIFAR ResNet-{_depth} (He et al. 2016a): {(_depth - 2) // 6} post-activation basic blocks per stage, "
+        "channels 16/32/64 x width, no final BN; shortcut 'projection' (1x1 conv + BN, default) or 'zero_pad' "
+        "(option A).",
+    )

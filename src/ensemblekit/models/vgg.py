@@ -26,7 +26,7 @@ from ensemblekit.errors import UserError
 from ensemblekit.models.backbone import Backbone, ClassifierHead
 from ensemblekit.models.factory import LayerFactory, resolve_layers
 from ensemblekit.models.init import init_weights
-from ensemblekit.models.registry import FAMILIES, MODELS
+from ensemblekit.models.registry import register_family, register_model
 from ensemblekit.models.spec import VGGSpec, scale_channels
 
 CONFIGS: dict[int, tuple[tuple[int, ...], ...]] = {
@@ -84,7 +84,7 @@ def vgg_spec(
         width: Multiplier of every conv's filters (rounded half up, at least 1).
         dropout: Rate of the dropout after stages 1..4 and before the classifier.
         batch_norm: Whether BN follows every conv.
-        conv_bias: Whether convs have biases.
+        conv_bias: Whether convs have biases (True in the common CIFAR variant).
         in_channels: Input image channels.
 
     Returns:
@@ -133,80 +133,18 @@ def build_vgg(spec: VGGSpec, layers: LayerFactory | None = None) -> Backbone:
     return model
 
 
-FAMILIES.add("vgg", build_vgg)
-
-
-@MODELS.register("vgg")
-def vgg(
-    num_classes: int = 10,
-    *,
-    depth: int = 16,
-    width: float = 1.0,
-    dropout: float = 0.0,
-    batch_norm: bool = True,
-    conv_bias: bool = True,
-    in_channels: int = 3,
-    layers: LayerFactory | None = None,
-) -> Backbone:
-    """CIFAR VGG-11/13/16/19 with BN (one linear classifier on the pooled 512 features).
-
-    Args:
-        num_classes: Classifier outputs.
-        depth: 11, 13, 16 or 19.
-        width: Multiplier of every conv's filters (rounded half up, at least 1).
-        dropout: Rate of the dropout after stages 1..4 and before the classifier.
-        batch_norm: Whether BN follows every conv.
-        conv_bias: Whether convs have biases (True in the common CIFAR variant).
-        in_channels: Input image channels.
-        layers: Layer factory for every conv/BN/linear.
-
-    Returns:
-        The backbone.
-    """
-    spec = vgg_spec(
-        depth,
-        num_classes,
-        width=width,
-        dropout=dropout,
-        batch_norm=batch_norm,
-        conv_bias=conv_bias,
-        in_channels=in_channels,
+register_family("vgg", make_spec=vgg_spec, build=build_vgg)
+register_model(
+    "vgg",
+    family="vgg",
+    doc="CIFAR VGG-11/13/16/19 with BN (Simonyan & Zisserman 2015; one linear classifier on the pooled 512 features).",
+)
+for _depth, _stages in CONFIGS.items():
+    register_model(
+        f"vgg{_depth}",
+        family="vgg",
+        depth=_depth,
+        doc=f"CIFAR VGG-{_depth} with BN (Simonyan & Zisserman 2015, configuration {CONFIG_LETTERS[_depth]}): "
+        f"{'/'.join(str(len(stage)) for stage in _stages)} conv-BN-ReLU layers per stage, max-pool after each "
+        "stage, biased convs, one linear classifier on the pooled features.",
     )
-    return build_vgg(spec, layers=layers)
-
-
-def _register(depth: int) -> None:
-    def factory(
-        num_classes: int = 10,
-        *,
-        width: float = 1.0,
-        dropout: float = 0.0,
-        batch_norm: bool = True,
-        conv_bias: bool = True,
-        in_channels: int = 3,
-        layers: LayerFactory | None = None,
-    ) -> Backbone:
-        return vgg(
-            num_classes,
-            depth=depth,
-            width=width,
-            dropout=dropout,
-            batch_norm=batch_norm,
-            conv_bias=conv_bias,
-            in_channels=in_channels,
-            layers=layers,
-        )
-
-    layout = "/".join(str(len(stage)) for stage in CONFIGS[depth])
-    factory.__name__ = factory.__qualname__ = f"vgg{depth}"
-    factory.__doc__ = (
-        f"CIFAR VGG-{depth} with BN (Simonyan & Zisserman 2015, configuration {CONFIG_LETTERS[depth]}): "
-        f"{layout} conv-BN-ReLU layers per stage, max-pool after each stage, biased convs, one linear "
-        "classifier on the pooled features. Options: width, dropout, batch_norm, conv_bias, in_channels, "
-        "layers (see ``vgg``)."
-    )
-    MODELS.add(f"vgg{depth}", factory)
-
-
-for _depth in CONFIGS:
-    _register(_depth)

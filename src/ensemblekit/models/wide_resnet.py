@@ -20,7 +20,7 @@ from ensemblekit.errors import UserError
 from ensemblekit.models.backbone import Backbone
 from ensemblekit.models.factory import LayerFactory
 from ensemblekit.models.preact_resnet import build_preact_network
-from ensemblekit.models.registry import FAMILIES, MODELS
+from ensemblekit.models.registry import register_family, register_model
 from ensemblekit.models.spec import ResNetSpec, scale_channels
 
 VARIANTS: tuple[tuple[int, int], ...] = ((16, 4), (16, 8), (22, 2), (28, 2), (28, 10), (40, 2))
@@ -43,8 +43,8 @@ def wrn_spec(
         widen_factor: k, multiplying the 16/32/64 channels of the stages (not the stem).
         num_classes: Classifier outputs.
         width: Extra multiplier of every channel count (rounded half up, at least 1).
-        dropout: Rate of the dropout between the two convs of every block.
-        conv_bias: Whether convs have biases.
+        dropout: Rate of the dropout between the two convs of every block (0.3 in the paper's runs).
+        conv_bias: Whether convs have biases (False in the paper; True in the NFE / Prune-and-Tune code).
         in_channels: Input image channels.
 
     Returns:
@@ -86,77 +86,19 @@ def build_wide_resnet(spec: ResNetSpec, layers: LayerFactory | None = None) -> B
     return build_preact_network(spec, layers)
 
 
-FAMILIES.add("wide_resnet", build_wide_resnet)
-
-
-@MODELS.register("wrn")
-def wrn(
-    num_classes: int = 10,
-    *,
-    depth: int = 28,
-    widen_factor: int = 10,
-    width: float = 1.0,
-    dropout: float = 0.0,
-    conv_bias: bool = False,
-    in_channels: int = 3,
-    layers: LayerFactory | None = None,
-) -> Backbone:
-    """WideResNet WRN-depth-widen_factor (Zagoruyko & Komodakis 2016; pre-activation, final BN-ReLU).
-
-    Args:
-        num_classes: Classifier outputs.
-        depth: 6n+4.
-        widen_factor: k.
-        width: Extra channel multiplier (rounded half up, at least 1).
-        dropout: Rate of the dropout between the two convs of every block (0.3 in the paper's runs).
-        conv_bias: Whether convs have biases (False in the paper).
-        in_channels: Input image channels.
-        layers: Layer factory for every conv/BN/linear.
-
-    Returns:
-        The backbone.
-    """
-    spec = wrn_spec(
-        depth,
-        widen_factor,
-        num_classes,
-        width=width,
-        dropout=dropout,
-        conv_bias=conv_bias,
-        in_channels=in_channels,
-    )
-    return build_wide_resnet(spec, layers=layers)
-
-
-def _register(depth: int, k: int) -> None:
-    def factory(
-        num_classes: int = 10,
-        *,
-        width: float = 1.0,
-        dropout: float = 0.0,
-        conv_bias: bool = False,
-        in_channels: int = 3,
-        layers: LayerFactory | None = None,
-    ) -> Backbone:
-        return wrn(
-            num_classes,
-            depth=depth,
-            widen_factor=k,
-            width=width,
-            dropout=dropout,
-            conv_bias=conv_bias,
-            in_channels=in_channels,
-            layers=layers,
-        )
-
-    factory.__name__ = factory.__qualname__ = f"wrn{depth}_{k}"
-    factory.__doc__ = (
-        f"WideResNet WRN-{depth}-{k} (Zagoruyko & Komodakis 2016): {(depth - 4) // 6} pre-activation blocks "
-        f"per stage, channels {16 * k}/{32 * k}/{64 * k} x width, bias-free convs, 1x1-conv projection "
-        "shortcuts, final BN-ReLU. Options: width, dropout, conv_bias, in_channels, layers (see ``wrn``)."
-    )
-    MODELS.add(f"wrn{depth}_{k}", factory)
-
-
+register_family("wide_resnet", make_spec=wrn_spec, build=build_wide_resnet)
+register_model(
+    "wrn",
+    family="wide_resnet",
+    doc="WideResNet WRN-depth-widen_factor (Zagoruyko & Komodakis 2016; pre-activation, final BN-ReLU).",
+)
 for _depth, _k in VARIANTS:
-    _register(_depth, _k)
+    register_model(
+        f"wrn{_depth}_{_k}",
+        family="wide_resnet",
+        depth=_depth,
+        widen_factor=_k,
+        doc=f"WideResNet WRN-{_depth}-{_k} (Zagoruyko & Komodakis 2016): {(_depth - 4) // 6} pre-activation "
+        f"blocks per stage, channels {16 * _k}/{32 * _k}/{64 * _k} x width, bias-free convs, 1x1-conv projection "
+        "shortcuts, final BN-ReLU.",
+    )

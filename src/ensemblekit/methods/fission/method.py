@@ -138,7 +138,6 @@ class FissionOptions(MethodOptions):
 class Fission(Method):
     """Prune at init, group the surviving weights among N paths of a multi-exit network, distil among exits."""
 
-    name = "fission"
     Options = FissionOptions
     combine = "logits"
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"

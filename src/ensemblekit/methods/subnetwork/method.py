@@ -54,7 +54,6 @@ def _fail(field: str, message: str) -> UserError:
 class Subnetwork(Method):
     """Children sampled from one parent, perturbed (noise, masks or annealed masks) and briefly tuned."""
 
-    name = "subnetwork"
     Options = SubnetworkOptions
     summary = "Neural Subnetwork Ensembles: perturbed, tuned children of one parent (Whitaker)"
 
