@@ -153,13 +153,6 @@ def prunable_weights(module: nn.Module, include_classifier: bool = False) -> dic
     return {name: m.weight for name, m in prunable_layers(module, include_classifier).items()}
 
 
-def raw_weight(layer: nn.Module) -> nn.Parameter:
-    """The trainable tensor behind ``layer.weight`` (``original`` when masked)."""
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations["weight"].original
-    return layer.weight
-
-
 def masks_from_scores(
     scores: dict[str, torch.Tensor], density: float, scope: Literal["global", "layerwise"] = "global"
 ) -> dict[str, torch.Tensor]:

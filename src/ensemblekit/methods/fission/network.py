@@ -87,15 +87,6 @@ class FissionNetwork(Ensemble):
             self.heads[path],
         ]
 
-    def owned_modules(self, path: int) -> list[nn.Module]:
-        """The modules of :meth:`path_modules` that no other path runs (its own stage copies and head), in order.
-
-        The main path's copy of stage s (0-based) is also run by every exit k > s (before it branches), so the
-        main path owns only its copies after the last branch point, and its head.
-        """
-        others = {id(m) for p in range(self.num_members) if p != path for m in self.path_modules(p)}
-        return [m for m in self.path_modules(path) if id(m) not in others]
-
     def forward_path(self, path: int, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of exit ``path`` alone."""
         for module in self.path_modules(path):

@@ -27,19 +27,6 @@ from ensemblekit.training.checkpoint import load_checkpoint
 PARENT_PREFIXES = ("parent.", "members.0.")
 
 
-def plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state dict with masked weights as plain ``<layer>.weight`` (the effective, masked value)."""
-    out = {}
-    for key, value in module.state_dict().items():
-        if ".parametrizations.weight.original" in key or ".parametrizations.weight.0.mask" in key:
-            continue
-        out[key] = value
-    for name, layer in module.named_modules():
-        if hasattr(layer, "parametrizations") and "weight" in layer.parametrizations:
-            out[f"{name}.weight"] = layer.weight.detach().clone()
-    return out
-
-
 @torch.no_grad()
 def load_plain_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a plain backbone state dict into ``module``, whose layers may carry weight masks (reset to ones).
