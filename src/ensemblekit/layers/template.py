@@ -1,4 +1,7 @@
-"""Template banks and template-mixing layers (MixtureEnsembles, seed 003; Savarese & Maire 2019).
+"""Template banks and template-mixing layers (MixtureEnsembles; Savarese & Maire, ICLR 2019).
+
+MixtureEnsembles: "MixtureEnsembles: Leveraging Parameter Sharing for Efficient Ensembles", anonymous ICLR
+submission (docs/methods/mixture.md).
 
 Member i's weight of template layer j is a linear combination of templates from a shared bank,
 

@@ -1,4 +1,4 @@
-"""``mixture``: MixtureEnsembles — members mix templates from a shared parameter bank (seed 003).
+"""``mixture``: MixtureEnsembles — members mix templates from a shared parameter bank.
 
 Anonymous ICLR submission "MixtureEnsembles: Leveraging Parameter Sharing for Efficient Ensembles", built on
 Savarese & Maire (ICLR 2019, soft parameter sharing) and Plummer et al. (ICLR 2022, Shapeshifter Networks).
@@ -276,7 +276,7 @@ class Mixture(Method):
 
     name = "mixture"
     Options = MixtureOptions
-    summary = "members mix templates of a shared parameter bank (MixtureEnsembles, seed 003)"
+    summary = "members mix templates of a shared parameter bank (MixtureEnsembles, ICLR submission)"
 
     def build(self) -> Ensemble:
         o = self.options

@@ -12,7 +12,7 @@ with ``torch.autograd.grad`` and never accumulate in ``.grad``).
 * ``grasp``: w ⊙ (H g), the negated GraSP score (Wang, Zhang & Grosse, ICLR 2020);
 * ``synflow``: iterative, data-free |∂R/∂w ⊙ w| (Tanaka, Kunin, Yamins & Ganguli, NeurIPS 2020).
 
-Network Fission Ensembles (Lee & Lee, 2024; methods.md section 1) prune with SNIP and report robustness to the
+Network Fission Ensembles (Lee & Lee, 2024; docs/methods/fission.md) prune with SNIP and report robustness to the
 others.
 """
 

@@ -1,7 +1,7 @@
 """``fission``: Network Fission Ensembles, one pruned network split into a multi-exit ensemble.
 
 Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles", arXiv 2408.02301, 2024; official code
-``hjdw2/NFE``; methods.md section 1.
+``hjdw2/NFE``; docs/methods/fission.md.
 
 One backbone becomes a multi-exit network whose N exits form the ensemble:
 

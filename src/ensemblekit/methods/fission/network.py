@@ -1,4 +1,6 @@
-"""The multi-exit ("fission") network of Network Fission Ensembles (Lee & Lee, 2024; methods.md section 1).
+"""The multi-exit ("fission") network of Network Fission Ensembles (Lee & Lee, 2024).
+
+Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles", arXiv 2408.02301, 2024 (docs/methods/fission.md).
 
 A backbone ``stem -> stages S_1..S_K -> head`` becomes N paths (exits). Exit k (k = 1..N−1) branches after stage
 k of the main path (exit 0); stage s is duplicated for, and its weights split among, the min(s, N) paths that

@@ -1,6 +1,7 @@
 """Where a parent comes from: trained in the run, read from another run, or a user's weights file.
 
-A pre-trained model is a valid parent (methods.md section 2(a): "the parent may be a public pre-trained model").
+A pre-trained model is a valid parent (Whitaker, 2023;
+docs/methods/subnetwork.md).
 Two sources besides training:
 
 * ``parent_run: DIR``: a finished ensemblekit run whose ``model.pt`` holds one backbone of the same model

@@ -1,0 +1,65 @@
+"""Docstrings and method summaries cite papers or docs/ pages, never a design document the repo does not ship.
+
+The implementation notes the methods were written from (``methods.md``, and the paper texts they call
+"seed 003" etc.) are not part of the repository; a reader of the code or of ``ensemblekit list methods`` must be
+pointed at a paper or at ``docs/methods/*.md`` instead (issue 14 item 5).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import ensemblekit
+from ensemblekit.cli import main
+from ensemblekit.methods import METHODS
+
+SRC = Path(ensemblekit.__file__).resolve().parent
+DOCS = SRC.parents[1] / "docs"
+UNSHIPPED = re.compile(r"(?<!\w)methods\.md|seed 0\d\d", re.IGNORECASE)
+
+
+def _docstrings(path: Path) -> list[tuple[str, str]]:
+    """(where, text) of the module's docstring and of every class and function docstring in it."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = [(f"{path.name} (module)", ast.get_docstring(tree) or "")]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            out.append((f"{path.name}:{node.lineno} {node.name}", ast.get_docstring(node) or ""))
+    return out
+
+
+def test_the_pattern_catches_what_it_is_for():
+    assert UNSHIPPED.search("specification in methods.md section 3")
+    assert UNSHIPPED.search("(MixtureEnsembles, seed 003)")
+    assert not UNSHIPPED.search("docs/methods/mothernets.md, seed 0 of 3")
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_no_docstring_cites_an_unshipped_document(path):
+    bad = [where for where, text in _docstrings(path) if UNSHIPPED.search(text)]
+    assert not bad, f"docstrings citing methods.md / seed NNN: {bad}"
+
+
+def test_no_comment_or_string_in_the_source_cites_an_unshipped_document():
+    bad = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if UNSHIPPED.search(p.read_text(encoding="utf-8"))]
+    assert not bad
+
+
+def test_method_summaries_and_list_methods_cite_no_unshipped_document(capsys):
+    for name in METHODS.names():
+        assert not UNSHIPPED.search(METHODS.get(name).summary), name
+    assert main(["list", "methods"]) == 0
+    shown = capsys.readouterr().out
+    assert all(name in shown for name in METHODS.names())
+    assert not UNSHIPPED.search(shown)
+
+
+def test_docs_pages_cite_no_unshipped_document():
+    pages = sorted(DOCS.rglob("*.md"))
+    assert pages, f"no docs under {DOCS}"
+    bad = [str(p.relative_to(DOCS)) for p in pages if UNSHIPPED.search(p.read_text(encoding="utf-8"))]
+    assert not bad
