@@ -63,3 +63,27 @@ def test_docs_pages_cite_no_unshipped_document():
     assert pages, f"no docs under {DOCS}"
     bad = [str(p.relative_to(DOCS)) for p in pages if UNSHIPPED.search(p.read_text(encoding="utf-8"))]
     assert not bad
+
+
+TIMING = re.compile(
+    r"\d+(\.\d+)? ?ms\b|\d\.\d+x (faster|slower)|\d\.\d+-\d\.\d+x|\d+ (CPU )?cores\b|\d+ ?% (faster|slower)",
+    re.IGNORECASE,
+)
+
+
+def test_the_timing_pattern_catches_measured_figures():
+    for note in ("8 ms vs 21 ms", "measured 1.3x slower", "1.43-1.44x the loop", "on 2 cores", "~12 % faster"):
+        assert TIMING.search(note), note
+    assert not TIMING.search("M = 4 members, 10 % warm-up, 0.5x width")
+
+
+@pytest.mark.parametrize("package", ["methods", "layers", "training"])
+def test_cpu_timing_notes_live_in_docs_or_benchmarks_not_in_the_code(package):
+    """Measured figures go stale with every torch release; the code points to docs/methods/*.md instead."""
+    bad = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in sorted((SRC / package).rglob("*.py"))
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if TIMING.search(line)
+    ]
+    assert not bad

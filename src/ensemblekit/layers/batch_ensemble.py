@@ -147,15 +147,14 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         fast_std: Standard deviation of the normal fast-weight init.
         sign_prob: Probability of +1 of the random-sign init.
         fused: ``True``: :class:`~ensemblekit.layers.batch_ensemble_fused.BatchEnsembleConvFunction` (one
-            autograd node, half the elementwise passes of plain autograd, same values; ~12 % faster
-            forward + backward for resnet20 on CPU); ``False``: plain autograd ops (the reference; supports double
-            backward); ``"auto"``: fused on CPU, plain elsewhere (the fused backward is unmeasured on GPUs).
+            autograd node, half the elementwise passes of plain autograd, same values); ``False``: plain
+            autograd ops (the reference; supports double backward); ``"auto"``: fused on CPU, plain elsewhere (the
+            timings behind the choice: docs/methods/batch_ensemble.md, "Execution").
             Applies to the folded execution. Under autocast the plain path is always used.
         execution: ``"folded"``: one convolution over the folded batch (above); ``"member_weights"``:
             ``BatchEnsembleMemberWeightConvFunction`` (member i's rows convolved with its formed weight
             W ⊙ s_i r_iᵀ: same values, no full-size elementwise passes, M convolutions of B rows); ``"auto"``:
-            member weights on CPU (measured faster there: 1.13x four single-model steps against 1.27x folded,
-            resnet20, B = 128), folded elsewhere.
+            member weights on CPU, folded elsewhere (docs/methods/batch_ensemble.md, "Execution").
     """
 
     def __init__(
@@ -242,8 +241,7 @@ class EnsembleBatchNorm2d(nn.Module):
     statistics (eval) and its own affine γ_i, β_i: y = γ_i (x − μ_i) / √(σ_i² + ε) + β_i. Running statistics
     follow PyTorch's BatchNorm (momentum 0.1, unbiased variance). Implemented as one ``F.batch_norm`` per member
     chunk (M calls on contiguous row slices, then one concatenation), which avoids the two transposing copies
-    of the ``[B, M·C, H, W]`` layout (forward + backward on CPU, M = 4, ``[128, 16, 32, 32]``: 8 ms vs 21 ms
-    channels-last, 11 ms vs 16 ms contiguous).
+    of the ``[B, M·C, H, W]`` layout (timings: docs/methods/batch_ensemble.md, "Execution").
 
     Args:
         members: Ensemble size M.

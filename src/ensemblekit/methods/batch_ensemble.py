@@ -86,12 +86,12 @@ class BatchEnsembleOptions(MethodOptions):
         fused_backward: ``true``: every convolution is one autograd node whose backward gets the fast-weight
             gradients from per-member weight gradients instead of full-size products (same values, half the
             elementwise memory passes; :mod:`ensemblekit.layers.batch_ensemble_fused`); ``false``: plain
-            autograd; ``auto``: fused on CPU (measured ~12 % faster there), plain on GPUs (unmeasured).
+            autograd; ``auto``: fused on CPU, plain on GPUs (timings: docs/methods/batch_ensemble.md, "Execution").
         conv_execution: ``folded``: one convolution per layer over the folded batch, fast weights applied as
             broadcast products (the paper's formulation); ``member_weights``: member i's rows convolved with its
             formed weight W ⊙ s_i r_iᵀ (same values and FLOPs, no full-size elementwise passes, M convolutions
-            per layer; ``fused_backward`` then does not apply); ``auto``: member weights on CPU (measured faster
-            there), folded elsewhere. ``benchmarks/bench_batch_ensemble.py`` compares them.
+            per layer; ``fused_backward`` then does not apply); ``auto``: member weights on CPU, folded elsewhere
+            (``benchmarks/bench_batch_ensemble.py`` compares them; figures in docs/methods/batch_ensemble.md).
     """
 
     members: int = Field(default=4, ge=1)

@@ -33,11 +33,9 @@ from ensemblekit.training.stage import OptimSpec, Stage, stage_from_train
 
 Execution = Literal["auto", "loop", "packed"]
 
-# What ``execution: auto`` runs per device type. CPU: loop, measured with benchmarks/bench_mixture.py
-# (resnet20, M = 4, budget 1x, batch 64, 1 thread, torch 2.13 CPU, two runs): a packed training step took
-# 1.43-1.44x the loop's time in NCHW and 1.11-1.23x in channels-last (the runner's CPU format); oneDNN's
-# grouped-convolution backward is the slow part. CUDA: packed (one grouped convolution per layer instead of M
-# small launches; not measured, no GPU was available). Other devices: packed.
+# What ``execution: auto`` runs per device type: loop on CPU (the packed form's grouped-convolution backward is
+# the slower one there), packed on CUDA (one grouped convolution per layer instead of M small launches) and on other
+# devices. The timings behind the choice: docs/methods/mixture.md, "Execution forms" (benchmarks/bench_mixture.py).
 AUTO_EXECUTION: dict[str, str] = {"cpu": "loop", "cuda": "packed"}
 UNPACKABLE_FAMILIES: tuple[str, ...] = ("densenet",)  # dense concatenation breaks the member-major channel layout
 
