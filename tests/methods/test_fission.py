@@ -162,7 +162,7 @@ def test_pruning_keeps_the_top_scores_with_one_threshold_at_the_target_density(c
     ref = method.reference().train()
     layers = scored_layers(ref)
     scores = compute_scores(
-        criterion, ref, layers, batches=[batch], density=0.4, scope=scope, input_shape=(3, 16, 16), synflow_rounds=4
+        criterion, ref, layers, batches=[batch], density=0.4, scope=scope, image_shape=(3, 16, 16), synflow_rounds=4
     )
     fmasks = get_masks(ens)
     copies = copies_per_stage(3, 3)

@@ -36,7 +36,9 @@ from ensemblekit.models.factory import LayerFactory
 
 FastInit = Literal["normal", "random_sign"]
 Fused = bool | Literal["auto"]
-Execution = Literal["auto", "folded", "member_weights"]
+ConvExecution = Literal["auto", "folded", "member_weights"]
+"""How a BatchEnsemble convolution computes (config key ``method.conv_execution``): one convolution over the
+folded batch, or one per member with its formed weight; ``auto`` picks per device."""
 _TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated at ±2 (Keras' correction factor)
 
 
@@ -150,8 +152,8 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
             autograd node, half the elementwise passes of plain autograd, same values); ``False``: plain
             autograd ops (the reference; supports double backward); ``"auto"``: fused on CPU, plain elsewhere (the
             timings behind the choice: docs/methods/batch_ensemble.md, "Execution").
-            Applies to the folded execution. Under autocast the plain path is always used.
-        execution: ``"folded"``: one convolution over the folded batch (above); ``"member_weights"``:
+            Applies to the folded form. Under autocast the plain path is always used.
+        conv_execution: ``"folded"``: one convolution over the folded batch (above); ``"member_weights"``:
             ``BatchEnsembleMemberWeightConvFunction`` (member i's rows convolved with its formed weight
             W ⊙ s_i r_iᵀ: same values, no full-size elementwise passes, M convolutions of B rows); ``"auto"``:
             member weights on CPU, folded elsewhere (docs/methods/batch_ensemble.md, "Execution").
@@ -170,14 +172,14 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         fast_std: float = 0.5,
         sign_prob: float = 0.5,
         fused: Fused = "auto",
-        execution: Execution = "auto",
+        conv_execution: ConvExecution = "auto",
     ) -> None:
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         super().__init__(members, in_channels, out_channels, shape, bias, fast_init, fast_std, sign_prob)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.fused = fused
-        self.execution = execution
+        self.conv_execution = conv_execution
 
     def _slow(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self.padding)
@@ -187,7 +189,7 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         if not torch.is_autocast_enabled(x.device.type):
             args = (x, self.weight, self.r, self.s, self.bias, self.stride, self.padding)
             cpu = x.device.type == "cpu"
-            if self.execution == "member_weights" or (self.execution == "auto" and cpu):
+            if self.conv_execution == "member_weights" or (self.conv_execution == "auto" and cpu):
                 return BatchEnsembleMemberWeightConvFunction.apply(*args)
             if self.fused is True or (self.fused == "auto" and cpu):
                 return BatchEnsembleConvFunction.apply(*args)
@@ -303,7 +305,7 @@ class BatchEnsembleLayers(LayerFactory):
         fast_init: ``"normal"`` or ``"random_sign"``.
         fast_std: Standard deviation of the normal fast-weight init.
         sign_prob: Probability of +1 of the random-sign init.
-        execution: The convolutions' ``execution`` (``"auto"``, ``"folded"`` or ``"member_weights"``).
+        conv_execution: The convolutions' ``conv_execution`` (``"auto"``, ``"folded"`` or ``"member_weights"``).
         fused: The convolutions' ``fused`` setting (``True``, ``False`` or ``"auto"``; see
             :class:`BatchEnsembleConv2d`).
     """
@@ -316,12 +318,12 @@ class BatchEnsembleLayers(LayerFactory):
         fast_std: float = 0.5,
         sign_prob: float = 0.5,
         fused: Fused = "auto",
-        execution: Execution = "auto",
+        conv_execution: ConvExecution = "auto",
     ) -> None:
         self.members = members
         self.ensemble_bn = ensemble_bn
         self.fused = fused
-        self.execution = execution
+        self.conv_execution = conv_execution
         self.fast = {"fast_init": fast_init, "fast_std": fast_std, "sign_prob": sign_prob}
 
     def conv2d(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False) -> nn.Module:
@@ -335,7 +337,7 @@ class BatchEnsembleLayers(LayerFactory):
             bias,
             **self.fast,
             fused=self.fused,
-            execution=self.execution,
+            conv_execution=self.conv_execution,
         )
 
     def batchnorm2d(self, channels: int) -> nn.Module:

@@ -1,6 +1,6 @@
 """Member-aware layers that run an ensemble either member by member (loop) or packed on the channel axis.
 
-All member-aware layers of one network share an :class:`ExecutionState` that the ensemble sets around each
+All member-aware layers of one network share an :class:`ForwardState` that the ensemble sets around each
 forward pass:
 
 * **loop** (``state.member = i``): the network runs once per member on ``[B, C, H, W]`` activations and
@@ -24,8 +24,8 @@ from torch import nn
 from ensemblekit.models.shortcuts import ZeroPadShortcut
 
 
-class ExecutionState:
-    """How the member-aware layers of one network run right now (set by the ensemble's forward).
+class ForwardState:
+    """How the member-aware layers of one network run in the current forward pass (set by the ensemble's forward).
 
     Attributes:
         members: M.
@@ -52,12 +52,12 @@ class SharedConv2d(nn.Conv2d):
     """A plain convolution shared by all members (one weight; grouped with the weight repeated when packed).
 
     Args:
-        state: The network's execution state.
+        state: The network's forward state.
         *args: ``nn.Conv2d`` arguments.
         **kwargs: ``nn.Conv2d`` keyword arguments.
     """
 
-    def __init__(self, state: ExecutionState, *args, **kwargs) -> None:
+    def __init__(self, state: ForwardState, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_state", state)
 
@@ -72,7 +72,7 @@ class SharedConv2d(nn.Conv2d):
 class SharedLinear(nn.Linear):
     """A plain linear layer shared by all members (applied to each member's block of features when packed)."""
 
-    def __init__(self, state: ExecutionState, *args, **kwargs) -> None:
+    def __init__(self, state: ForwardState, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_state", state)
 
@@ -93,10 +93,10 @@ class MemberBatchNorm2d(nn.BatchNorm2d):
     Args:
         channels: C, the channels of one member.
         members: M.
-        state: The network's execution state.
+        state: The network's forward state.
     """
 
-    def __init__(self, channels: int, members: int, state: ExecutionState, **kwargs) -> None:
+    def __init__(self, channels: int, members: int, state: ForwardState, **kwargs) -> None:
         super().__init__(channels * members, **kwargs)
         self.channels = channels
         self.members = members
@@ -137,7 +137,7 @@ class MemberBatchNorm2d(nn.BatchNorm2d):
 class MemberZeroPadShortcut(ZeroPadShortcut):
     """Option-A shortcut that pads each member's channel block separately when packed."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, state: ExecutionState) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, state: ForwardState) -> None:
         super().__init__(in_channels, out_channels, stride)
         object.__setattr__(self, "_state", state)
 
@@ -150,7 +150,7 @@ class MemberZeroPadShortcut(ZeroPadShortcut):
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back)).flatten(1, 2)
 
 
-def replace_zero_pad_shortcuts(net: nn.Module, state: ExecutionState) -> int:
+def replace_zero_pad_shortcuts(net: nn.Module, state: ForwardState) -> int:
     """Swap every :class:`ZeroPadShortcut` of ``net`` for a member-aware one; returns how many."""
     count = 0
     for module in list(net.modules()):

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
-from ensemblekit.layers.packed import ExecutionState, replace_zero_pad_shortcuts
+from ensemblekit.layers.packed import ForwardState, replace_zero_pad_shortcuts
 from ensemblekit.layers.packed_ensemble import (
     PackedConv2d,
     PackedEnsembleLayers,
@@ -81,7 +81,7 @@ def build_packed_network(spec: ResNetSpec, members: int, gamma: int = 1, min_gro
     net = build_model(spec, layers=layers)
     if net.stem.conv is not layers.stem:
         raise RuntimeError("the first convolution the backbone created is not its stem")
-    state = ExecutionState(members)
+    state = ForwardState(members)
     state.packed = True  # zero-pad shortcuts pad each member's channel block
     replace_zero_pad_shortcuts(net, state)
     for block in net.modules():
