@@ -186,9 +186,10 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute y = conv(x ⊙ r_i, W) ⊙ s_i + b_i on the folded batch (one convolution for all members)."""
-        if not torch.is_autocast_enabled(x.device.type):
+        device = x.device.type
+        if device != "meta" and not torch.is_autocast_enabled(device):  # meta tensors: shapes only, plain ops
             args = (x, self.weight, self.r, self.s, self.bias, self.stride, self.padding)
-            cpu = x.device.type == "cpu"
+            cpu = device == "cpu"
             if self.conv_execution == "member_weights" or (self.conv_execution == "auto" and cpu):
                 return BatchEnsembleMemberWeightConvFunction.apply(*args)
             if self.fused is True or (self.fused == "auto" and cpu):
