@@ -28,7 +28,7 @@ class ForwardState:
     """How the member-aware layers of one network run in the current forward pass (set by the ensemble's forward).
 
     Attributes:
-        members: M.
+        num_members: M.
         packed: Members stacked on channels.
         member: The member of the loop form (``None`` outside a loop pass).
         cache: Per-forward store of formed member weights (layer id -> tensor), so every template layer forms
@@ -36,7 +36,7 @@ class ForwardState:
     """
 
     def __init__(self, members: int) -> None:
-        self.members = members
+        self.num_members = members
         self.packed = False
         self.member: int | None = None
         self.cache: dict[int, torch.Tensor] | None = None
@@ -64,7 +64,7 @@ class SharedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._state.packed:
             return super().forward(x)
-        m = self._state.members
+        m = self._state.num_members
         bias = None if self.bias is None else self.bias.repeat(m)
         return F.conv2d(x, self.weight.repeat(m, 1, 1, 1), bias, self.stride, self.padding, self.dilation, m)
 
@@ -79,7 +79,7 @@ class SharedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._state.packed:
             return super().forward(x)
-        b, m = x.shape[0], self._state.members
+        b, m = x.shape[0], self._state.num_members
         return F.linear(x.reshape(b, m, -1), self.weight, self.bias).reshape(b, -1)
 
 
@@ -146,7 +146,7 @@ class MemberZeroPadShortcut(ZeroPadShortcut):
             return super().forward(x)
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        x = x.unflatten(1, (self._state.members, self.in_channels))
+        x = x.unflatten(1, (self._state.num_members, self.in_channels))
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back)).flatten(1, 2)
 
 

@@ -84,7 +84,7 @@ class TemplateLayer(nn.Module):
     def __init__(self, plan: LayerPlan, bank: TemplateBank, state: ForwardState) -> None:
         super().__init__()
         r = plan.record
-        m = state.members
+        m = state.num_members
         self.shape = r.shape
         self.group = plan.group
         self.t = plan.t
@@ -228,7 +228,7 @@ class MixtureFactory(LayerFactory):
         )
 
     def batchnorm2d(self, channels):
-        return MemberBatchNorm2d(channels, self.state.members, self.state)
+        return MemberBatchNorm2d(channels, self.state.num_members, self.state)
 
     def linear(self, in_features, out_features, bias=True):
         lp = self._take("linear", (out_features, in_features))

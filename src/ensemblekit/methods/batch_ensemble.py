@@ -56,16 +56,16 @@ class BatchEnsembleNet(Ensemble):
     def __init__(self, net: nn.Module, members: int) -> None:
         super().__init__()
         self.net = net
-        self.members = members
+        self._num_members = members  # an int; ``.members`` is the ModuleList of MemberEnsemble
 
     @property
     def num_members(self) -> int:
-        return self.members
+        return self._num_members
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, K]`` for images ``[B, ...]`` (one pass over the tiled batch ``[M·B, ...]``)."""
-        out = self.net(tile_batch(x, self.members))
-        return out.view(self.members, x.shape[0], -1)
+        out = self.net(tile_batch(x, self.num_members))
+        return out.view(self.num_members, x.shape[0], -1)
 
     def total_parameter_count(self) -> int:
         """The ensemble's size is its stored size: slow weights once, fast weights and BN of every member."""

@@ -71,7 +71,7 @@ class MixtureEnsemble(Ensemble):
 
     @property
     def num_members(self) -> int:
-        return self.state.members
+        return self.state.num_members
 
     def resolve_layout(self, device: torch.device) -> str:
         """``loop`` or ``packed`` for inputs on ``device``."""
@@ -82,7 +82,7 @@ class MixtureEnsemble(Ensemble):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, C]`` for images ``[B, 3, H, W]``."""
-        m, b = self.state.members, x.shape[0]
+        m, b = self.state.num_members, x.shape[0]
         self.state.cache = {}
         try:
             if self.resolve_layout(x.device) == "packed":

@@ -114,15 +114,15 @@ class PackedEnsembleNet(Ensemble):
     def __init__(self, net: Backbone, members: int, gamma: int, min_group_channels: int) -> None:
         super().__init__()
         self.net = net
-        self.members, self.gamma, self.min_group_channels = members, gamma, min_group_channels
+        self._num_members, self.gamma, self.min_group_channels = members, gamma, min_group_channels
 
     @property
     def num_members(self) -> int:
-        return self.members
+        return self._num_members
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, K]`` for images ``[B, 3, H, W]``."""
-        return self.net(x).view(x.shape[0], self.members, -1).transpose(0, 1)
+        return self.net(x).view(x.shape[0], self.num_members, -1).transpose(0, 1)
 
     def member_network(self, i: int) -> Backbone:
         """Member ``i`` as a stand-alone network (a copy: a one-member packed network of the member spec)."""
