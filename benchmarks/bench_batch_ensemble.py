@@ -65,13 +65,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     spec = create_model(args.model, num_classes=10).spec
-    ens = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, fused=True, execution="folded")), m)
+    ens = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, fused=True, conv_execution="folded")), m)
     ens = ens.to(device, memory_format=fmt)
     ens_opt = _sgd(batch_ensemble_param_groups(ens, 0.5))
-    plain = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, fused=False, execution="folded")), m)
+    plain = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, fused=False, conv_execution="folded")), m)
     plain = plain.to(device, memory_format=fmt)
     plain_opt = _sgd(batch_ensemble_param_groups(plain, 0.5))
-    memw = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, execution="member_weights")), m)
+    memw = BatchEnsembleNet(build_model(spec, layers=BatchEnsembleLayers(m, conv_execution="member_weights")), m)
     memw = memw.to(device, memory_format=fmt)
     memw_opt = _sgd(batch_ensemble_param_groups(memw, 0.5))
     singles = [create_model(args.model, num_classes=10).to(device, memory_format=fmt) for _ in range(m)]

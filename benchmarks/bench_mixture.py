@@ -4,7 +4,7 @@ Times a training step (forward, loss, backward, SGD step) and an eval forward of
 resnet20 with M members, in both memory formats (contiguous NCHW, and channels-last as the runner uses on
 CPU). Loop and packed runs are interleaved over ``--repeats`` rounds and the median is kept, so both share
 the machine's noise; the printed ratio ``packed / loop`` < 1 means packed is faster. The default of
-``execution: auto`` per device type (``AUTO_EXECUTION`` in ``ensemblekit.methods.mixture``) follows this.
+``execution: auto`` per device type (``AUTO_LAYOUT`` in ``ensemblekit.methods.mixture``) follows this.
 
 Usage: python benchmarks/bench_mixture.py [--members 4] [--batch 128] [--steps 5] [--repeats 3]
        [--threads 1] [--budget 1.0] [--device cpu|cuda]
@@ -86,7 +86,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for mode in ("loop", "packed"):
                 ens = copy.deepcopy(base).to(memory_format=fmt)
-                ens.execution = mode
+                ens.layout = mode
                 times["train"][mode].append(time_train(ens, xf, y, args.steps))
                 times["eval"][mode].append(time_eval(ens, xf, args.steps))
         for kind, t in times.items():

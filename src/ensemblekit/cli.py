@@ -6,7 +6,7 @@ Commands::
     ensemblekit evaluate RUN_DIR [--split test|val] [--json] [--corruptions [NAME ...]] [--severities 1-5]
                          [--ood DATASET]...
     ensemblekit describe CONFIG [--set k=v]... [--json]
-    ensemblekit interpolate RUN_DIR [--members A B] [--points N] [--split test|val]
+    ensemblekit interpolate RUN_DIR [--member A B] [--points N] [--split test|val]
     ensemblekit grow RUN_DIR --children K
     ensemblekit compare RUN_DIR...
     ensemblekit bench SUITE.yaml --out DIR [--resume] [--only NAME]... [--seeds N] [--quiet]
@@ -61,7 +61,7 @@ continue a finished run with more epochs (single-stage recipes; see docs/configu
   ensemblekit describe configs/paper/cifar100_wrn28_10_deep_ensemble.yaml
   ensemblekit describe configs/quick/fission.yaml --set method.members=4 --json""",
     "interpolate": """example:
-  ensemblekit interpolate runs/de --members 0 1 --points 11
+  ensemblekit interpolate runs/de --member 0 1 --points 11
 BatchNorm: the running statistics of an interpolated network belong to neither end, so every point is
 evaluated with BatchNorm in train mode (batch statistics of the evaluation batches), as in MixtureEnsembles
 (Savarese & Maire, 2019, section 5.3); the ends therefore differ slightly from the members' own accuracy.""",
@@ -128,7 +128,16 @@ def _parser() -> argparse.ArgumentParser:
 
     ip = sub.add_parser("interpolate", help="accuracy along the line between two members' parameters")
     ip.add_argument("run_dir")
-    ip.add_argument("--members", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
+    ip.add_argument(  # --members: the old spelling, kept so that existing scripts run
+        "--member",
+        "--members",
+        dest="member_indices",
+        type=int,
+        nargs=2,
+        default=[0, 1],
+        metavar=("A", "B"),
+        help="indices of the two members (default: 0 1)",
+    )
     ip.add_argument("--points", type=int, default=11)
     ip.add_argument("--split", choices=["test", "val"], default="test")
 
@@ -232,14 +241,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def train_summary(record: dict[str, Any], out: Path) -> str:
     """The end of ``train``: ensemble beside member accuracy and NLL, the costs, and where the results are."""
     m, c = record["metrics"], record["costs"]
-    members = record.get("members") or []
+    member_metrics = record.get("members") or []  # metrics.json's per-member list
     lines = ["", f"{'':12s} {'accuracy':>9s} {'nll':>8s}", f"{'ensemble':12s} {m['accuracy']:9.4f} {m['nll']:8.4f}"]
-    if len(members) > 1:
+    if len(member_metrics) > 1:
         lines.append(f"{'member mean':12s} {m['member_accuracy_mean']:9.4f} {m['member_nll_mean']:8.4f}")
-        for i, member in enumerate(members[:8]):
+        for i, member in enumerate(member_metrics[:8]):
             lines.append(f"{f'member {i}':12s} {member['accuracy']:9.4f} {member['nll']:8.4f}")
-        if len(members) > 8:
-            lines.append(f"... {len(members) - 8} more members in metrics.json")
+        if len(member_metrics) > 8:
+            lines.append(f"... {len(member_metrics) - 8} more members in metrics.json")
         gain = m["accuracy"] - m["member_accuracy_mean"]
         lines.append(f"ensemble gain over the mean member: {gain * 100:+.2f} points of accuracy")
     lines.append("")
@@ -306,9 +315,10 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     from ensemblekit.runs import interpolate
 
     check_range("--points", args.points, 2, 1001)
-    for m in args.members:
-        check_range("--members", m, 0, 1 << 20)
-    record = interpolate(args.run_dir, args.members[0], args.members[1], args.points, args.split)
+    a, b = args.member_indices
+    for index in (a, b):
+        check_range("--member", index, 0, 1 << 20)
+    record = interpolate(args.run_dir, a, b, args.points, args.split)
     rows = [(f"lambda {p['lambda']:.2f}", f"acc {p['accuracy']:.4f}  nll {p['nll']:.4f}") for p in record["curve"]]
     print(_table(rows))
     print(f"wrote {Path(args.run_dir) / 'interpolation.json'}")

@@ -74,19 +74,19 @@ class InferenceEnsemble(nn.Module):
 def plain_operations(module: nn.Module):
     """Run BatchEnsemble convolutions with plain tensor operations (no custom autograd Function), as tracing needs.
 
-    ``execution="folded"`` with ``fused=False`` computes the same values (:class:`BatchEnsembleConv2d`).
+    ``conv_execution="folded"`` with ``fused=False`` computes the same values (:class:`BatchEnsembleConv2d`).
     """
     from ensemblekit.layers.batch_ensemble import BatchEnsembleConv2d
 
     convs = [m for m in module.modules() if isinstance(m, BatchEnsembleConv2d)]
-    saved = [(m.execution, m.fused) for m in convs]
+    saved = [(m.conv_execution, m.fused) for m in convs]
     for m in convs:
-        m.execution, m.fused = "folded", False
+        m.conv_execution, m.fused = "folded", False
     try:
         yield module
     finally:
-        for m, (execution, fused) in zip(convs, saved):
-            m.execution, m.fused = execution, fused
+        for m, (conv_execution, fused) in zip(convs, saved):
+            m.conv_execution, m.fused = conv_execution, fused
 
 
 def inference_module(predictor: Predictor) -> InferenceEnsemble:

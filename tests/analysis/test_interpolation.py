@@ -51,7 +51,7 @@ def _perturb_bn(ens):
 
 
 def test_mixture_end_points_are_the_members_and_the_ensemble_is_restored():
-    ens = _mixture(execution="loop")
+    ens = _mixture(layout="loop")
     _perturb_bn(ens)
     data = _data()
     before = {k: v.clone() for k, v in ens.state_dict().items()}

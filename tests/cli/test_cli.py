@@ -129,10 +129,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, content, args, fragments):
 
 def test_interpolate_writes_a_curve_whose_ends_are_the_members(finished_run):
     _, out = finished_run
-    result = run_cli("interpolate", str(out), "--members", "0", "1", "--points", "3")
+    result = run_cli("interpolate", str(out), "--member", "0", "1", "--points", "3")
     assert result.returncode == 0, result.stderr
     curve = json.loads((out / "interpolation.json").read_text())["curve"]
     assert [p["lambda"] for p in curve] == [0.0, 0.5, 1.0]
     assert all(0.0 <= p["accuracy"] <= 1.0 and p["nll"] > 0 for p in curve)
-    bad = run_cli("interpolate", str(out), "--members", "0", "0")
+    bad = run_cli("interpolate", str(out), "--members", "0", "0")  # the old spelling still parses
     _assert_one_line_error(bad, "two different members")

@@ -3,7 +3,7 @@
 import pytest
 
 from ensemblekit import __version__
-from ensemblekit.cli import EXAMPLES, main
+from ensemblekit.cli import EXAMPLES, _parser, main
 
 
 def _exit_output(capsys, *argv):
@@ -48,3 +48,10 @@ def test_data_check_describes_the_synthetic_set_sensibly(capsys, tmp_path):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("synthetic"))
     assert "built in" in line and "no files" in line and "10 classes" in line
     assert "found (generated) at generated" not in line
+
+
+def test_member_indices_are_given_with_member_and_the_old_members_spelling_still_parses():
+    for flag in ("--member", "--members"):
+        args = _parser().parse_args(["interpolate", "runs/de", flag, "2", "3"])
+        assert args.member_indices == [2, 3]
+    assert _parser().parse_args(["interpolate", "runs/de"]).member_indices == [0, 1]

@@ -88,7 +88,7 @@ def test_folded_linear_equals_the_per_member_loop():
 
 @pytest.mark.parametrize(("execution", "rows"), [("folded", [M * B]), ("member_weights", [B] * M)])
 def test_folded_execution_runs_one_convolution_member_weights_one_per_member(monkeypatch, execution, rows):
-    be = BatchEnsembleConv2d(M, 4, 6, 3, padding=1, execution=execution)
+    be = BatchEnsembleConv2d(M, 4, 6, 3, padding=1, conv_execution=execution)
     calls, real = [], F.conv2d
 
     def counting(x, *args, **kwargs):
@@ -224,7 +224,7 @@ def test_fused_backward_equals_plain_autograd(bias, stride, padding, channels_la
         x = x.contiguous(memory_format=torch.channels_last)
     grads = []
     for fused, execution in ((True, "folded"), (False, "folded"), (False, "member_weights")):
-        layer.fused, layer.execution = fused, execution
+        layer.fused, layer.conv_execution = fused, execution
         layer.zero_grad()
         xi = x.clone().requires_grad_()
         out = layer(xi)
@@ -255,7 +255,7 @@ def test_fused_network_step_equals_plain_autograd():
     for fused, execution in ((True, "folded"), (False, "folded"), (False, "member_weights")):
         for mod in net.modules():
             if isinstance(mod, BatchEnsembleConv2d):
-                mod.fused, mod.execution = fused, execution
+                mod.fused, mod.conv_execution = fused, execution
         net.zero_grad()
         F.cross_entropy(net(x), y).backward()
         grads.append([p.grad.clone() for p in net.parameters()])

@@ -71,9 +71,9 @@ def _load_plain_into_mixture(plain: nn.Module, ens) -> None:
     ("name", "kw"),
     [("resnet20", {"width": 0.5}), ("resnet20", {"width": 0.5, "shortcut": "zero_pad"}), ("wrn16_4", {"width": 0.125})],
 )
-@pytest.mark.parametrize("execution", ["loop", "packed"])
-def test_one_member_with_one_template_per_layer_is_the_plain_backbone(name, kw, execution):
-    ens = mixture(name, members=1, budget=1.0, templates_per_layer=1, model_kw=kw, execution=execution)
+@pytest.mark.parametrize("layout", ["loop", "packed"])
+def test_one_member_with_one_template_per_layer_is_the_plain_backbone(name, kw, layout):
+    ens = mixture(name, members=1, budget=1.0, templates_per_layer=1, model_kw=kw, layout=layout)
     assert all(g.num_templates == len(g.layers) for g in ens.plan.groups.values())  # n_g = L_g at 1.0
     assert [layer._rows[0] for layer in template_layers(ens) if layer.group == next(iter(ens.plan.groups))] == list(
         range(len(next(iter(ens.plan.groups.values())).layers))
@@ -258,12 +258,12 @@ def test_thin_variant_through_the_width():
     assert report["plain"] == 9_132_634 - 2 * 4496  # WRN-28-5 without its BatchNorm γ/β
 
 
-# ---------------------------------------------------------------- gradients and execution forms
+# ---------------------------------------------------------------- gradients and forward layouts
 
 
-@pytest.mark.parametrize("execution", ["loop", "packed"])
-def test_a_loss_on_member_zero_leaves_other_members_untouched(execution):
-    ens = mixture(members=3, budget=1.0, execution=execution)
+@pytest.mark.parametrize("layout", ["loop", "packed"])
+def test_a_loss_on_member_zero_leaves_other_members_untouched(layout):
+    ens = mixture(members=3, budget=1.0, layout=layout)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     nn.functional.cross_entropy(ens(x)[0], y).backward()
     for layer in template_layers(ens):
@@ -287,9 +287,9 @@ CONFIGS = [
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_packed_and_loop_agree(cfg):
-    loop = mixture(members=3, **cfg, execution="loop")
+    loop = mixture(members=3, **cfg, layout="loop")
     packed = copy.deepcopy(loop)
-    packed.execution = "packed"
+    packed.layout = "packed"
     x = torch.randn(8, 3, 32, 32)
     for train in (True, False):
         loop.train(train), packed.train(train)
@@ -302,9 +302,9 @@ def test_packed_and_loop_agree(cfg):
 def test_packed_and_loop_agree_after_sgd_steps(cfg):
     """In float64, so that only the algebra is compared: in float32 tiny BatchNorm batches (4 channels, batch 8)
     amplify rounding differences to ~1e-3 after three momentum steps in blob mode, in float64 they stay ~1e-15."""
-    loop = mixture(members=3, **cfg, execution="loop").double()
+    loop = mixture(members=3, **cfg, layout="loop").double()
     packed = copy.deepcopy(loop)
-    packed.execution = "packed"
+    packed.layout = "packed"
     torch.manual_seed(2)
     x, y = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
     opts = [torch.optim.SGD(e.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for e in (loop, packed)]
@@ -323,18 +323,18 @@ def test_packed_and_loop_agree_after_sgd_steps(cfg):
 
 
 def test_channels_last_conversion_keeps_the_bank_and_the_outputs():
-    ens = mixture(members=2, execution="packed")
+    ens = mixture(members=2, layout="packed")
     x = torch.randn(2, 3, 32, 32)
     ens.eval()
     before = ens(x)
     ens.to(memory_format=torch.channels_last)
     torch.testing.assert_close(ens(x.contiguous(memory_format=torch.channels_last)), before, atol=1e-5, rtol=0)
-    ens.execution = "loop"
+    ens.layout = "loop"
     torch.testing.assert_close(ens(x), before, atol=1e-5, rtol=0)
 
 
 def test_weights_are_formed_by_one_contraction_per_layer_per_forward(monkeypatch):
-    ens = mixture(members=3, execution="loop")
+    ens = mixture(members=3, layout="loop")
     calls = []
     real = TemplateLayer.templates
     monkeypatch.setattr(TemplateLayer, "templates", lambda self: calls.append(id(self)) or real(self))

@@ -151,7 +151,7 @@ def test_auto_uses_member_weights_on_cpu_and_folded_uses_the_fused_node():
     conv = ens.net.stem.conv
     x = torch.randn(8, 3, 8, 8, requires_grad=True)
     assert type(conv(x).grad_fn).__name__ == "BatchEnsembleMemberWeightConvFunctionBackward"
-    conv.execution = "folded"
+    conv.conv_execution = "folded"
     assert type(conv(x).grad_fn).__name__ == "BatchEnsembleConvFunctionBackward"
     conv.fused = False
     assert type(conv(x).grad_fn).__name__ not in (
@@ -159,4 +159,4 @@ def test_auto_uses_member_weights_on_cpu_and_folded_uses_the_fused_node():
         "BatchEnsembleMemberWeightConvFunctionBackward",
     )
     _, folded = _build(conv_execution="folded")
-    assert folded.net.stem.conv.execution == "folded"
+    assert folded.net.stem.conv.conv_execution == "folded"

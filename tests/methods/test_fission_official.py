@@ -15,7 +15,7 @@ from ensemblekit.methods.fission.build import fission_names, scored_layers
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.network import copies_per_stage
 from ensemblekit.methods.fission.official import xavier_scoring_copy
-from ensemblekit.pruning import get_masks, has_mask, masked_layers, masks_from_scores, raw_weight
+from ensemblekit.pruning import get_masks, has_mask, masked_layers, masks_from_scores
 from ensemblekit.runs import train
 from tests.conftest import tiny_config
 from tests.methods.test_fission import _build, _fissioned
@@ -27,7 +27,7 @@ def test_official_pruned_weights_stay_in_the_forward_get_no_gradient_and_fade_by
     _, ens, _, (x, y) = _fissioned(reference="official")
     layers = masked_layers(ens)
     masks = get_masks(ens)
-    before = {name: raw_weight(layer).detach().clone() for name, layer in layers.items()}
+    before = {name: layer.parametrizations.weight.original.detach().clone() for name, layer in layers.items()}
     assert all((masks[n] == 0).any() for n in layers)
     for name, layer in layers.items():  # not zero in the forward pass: the effective weight is the raw one
         assert torch.equal(layer.weight, before[name]) and before[name][masks[name] == 0].abs().min() > 0
@@ -35,12 +35,12 @@ def test_official_pruned_weights_stay_in_the_forward_get_no_gradient_and_fade_by
     opt = torch.optim.SGD(ens.parameters(), lr=lr, momentum=0.0, weight_decay=wd)
     ens.train()
     fission_loss(ens(x), y).backward()
-    grads = {name: raw_weight(layer).grad.clone() for name, layer in layers.items()}
+    grads = {name: layer.parametrizations.weight.original.grad.clone() for name, layer in layers.items()}
     opt.step()
     for name, layer in layers.items():
         off, on = masks[name] == 0, masks[name] == 1
         assert not grads[name][off].any()
-        after = raw_weight(layer).detach()
+        after = layer.parametrizations.weight.original.detach()
         torch.testing.assert_close(after[off], before[name][off] * (1 - lr * wd), rtol=1e-6, atol=0)
         torch.testing.assert_close(after[on], before[name][on] * (1 - lr * wd) - lr * grads[name][on])
     # the corrected default: the same weights are exactly zero in the forward pass
@@ -52,8 +52,14 @@ def _pairs(ens):
     """(a, b) weights that belong to different paths (stage copies, shortcuts, heads)."""
     t = dict(ens.named_modules())
     return [
-        (raw_weight(t["stages.1.0.0.conv1"]), raw_weight(t["stages.1.1.0.conv1"])),
-        (raw_weight(t["stages.2.0.0.conv2"]), raw_weight(t["stages.2.2.0.conv2"])),
+        (
+            t["stages.1.0.0.conv1"].parametrizations.weight.original,
+            t["stages.1.1.0.conv1"].parametrizations.weight.original,
+        ),
+        (
+            t["stages.2.0.0.conv2"].parametrizations.weight.original,
+            t["stages.2.2.0.conv2"].parametrizations.weight.original,
+        ),
         (t["stages.1.0.0.shortcut.conv"].weight, t["stages.1.1.0.shortcut.conv"].weight),
         (t["heads.0.fc"].weight, t["heads.1.fc"].weight),
     ]

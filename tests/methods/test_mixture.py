@@ -12,7 +12,7 @@ from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.layers.template import TemplateLayer
 from ensemblekit.methods import build_method
-from ensemblekit.methods.mixture import AUTO_EXECUTION, build_mixture_ensemble
+from ensemblekit.methods.mixture import AUTO_LAYOUT, build_mixture_ensemble
 from ensemblekit.metrics import count_parameters, inference_flops
 from ensemblekit.models import create_model
 from ensemblekit.runs import train
@@ -183,11 +183,11 @@ def test_bad_options_are_refused_naming_the_field(options, match):
         _method(**options)
 
 
-@pytest.mark.parametrize("execution", ["loop", "packed"])
-def test_costs_count_m_member_passes_and_unique_parameters(execution):
+@pytest.mark.parametrize("layout", ["loop", "packed"])
+def test_costs_count_m_member_passes_and_unique_parameters(layout):
     torch.manual_seed(0)
     ens = build_mixture_ensemble(
-        lambda layers: create_model("resnet20", 10, width=0.5, layers=layers), 3, 1.0, execution=execution
+        lambda layers: create_model("resnet20", 10, width=0.5, layers=layers), 3, 1.0, layout=layout
     )
     single = create_model("resnet20", 10, width=0.5)
     counts = count_parameters(ens)
@@ -199,24 +199,24 @@ def test_costs_count_m_member_passes_and_unique_parameters(execution):
     assert inference_flops(ens) == 3 * inference_flops(single) + formation
 
 
-def test_auto_execution_is_chosen_per_device_and_densenet_is_never_packed():
+def test_auto_layout_is_chosen_per_device_and_densenet_is_never_packed():
     torch.manual_seed(0)
     ens = build_mixture_ensemble(lambda layers: create_model("resnet20", 10, width=0.25, layers=layers), 2, 1.0)
-    assert ens.resolve_execution(torch.device("cpu")) == AUTO_EXECUTION["cpu"]
-    assert ens.resolve_execution(torch.device("cuda")) == "packed"
+    assert ens.resolve_layout(torch.device("cpu")) == AUTO_LAYOUT["cpu"]
+    assert ens.resolve_layout(torch.device("cuda")) == "packed"
 
     def dense(layers):
         return create_model("densenet_bc40_12", 10, layers=layers)
 
     with torch.device("meta"):
-        assert build_mixture_ensemble(dense, 2, 1.0).resolve_execution(torch.device("cuda")) == "loop"
+        assert build_mixture_ensemble(dense, 2, 1.0).resolve_layout(torch.device("cuda")) == "loop"
         with pytest.raises(UserError, match="packed does not support densenet"):
-            build_mixture_ensemble(dense, 2, 1.0, execution="packed")
+            build_mixture_ensemble(dense, 2, 1.0, layout="packed")
 
 
 def test_runtime_member_execution_loop_forces_the_loop_form():
     cfg = config_from_dict(
         tiny_config(model=SMALL_MODEL, method={"name": "mixture"}, runtime={"member_execution": "loop"})
     )
-    assert build_method(cfg, 10, 192).build().resolve_execution(torch.device("cuda")) == "loop"
-    assert _method().build().resolve_execution(torch.device("cuda")) == "packed"
+    assert build_method(cfg, 10, 192).build().resolve_layout(torch.device("cuda")) == "loop"
+    assert _method().build().resolve_layout(torch.device("cuda")) == "packed"

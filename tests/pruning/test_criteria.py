@@ -56,13 +56,13 @@ def test_synflow_is_data_free_and_matches_the_path_norm_gradient():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
     w1, w2 = net[0].weight.detach().clone(), net[2].weight.detach().clone()
-    scores = synflow_scores(net, ["0", "2"], density=1.0, input_shape=(3,), rounds=1)
+    scores = synflow_scores(net, ["0", "2"], density=1.0, image_shape=(3,), rounds=1)
     # R = 1^T |W2| |W1| 1  =>  dR/dW1_ij = |W2_0i| ;  dR/dW2_0i = sum_j |W1_ij|
     torch.testing.assert_close(scores["0"], (w2.abs().T * w1.abs()).expand_as(w1), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(scores["2"], w2.abs() * w1.abs().sum(1), rtol=1e-6, atol=1e-7)
     assert torch.equal(net[0].weight, w1)  # the network itself is untouched
     batches = [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))]
-    again = compute_scores("synflow", net, ["0", "2"], batches=batches, density=1.0, input_shape=(3,), synflow_rounds=1)
+    again = compute_scores("synflow", net, ["0", "2"], batches=batches, density=1.0, image_shape=(3,), synflow_rounds=1)
     torch.testing.assert_close(again["0"], scores["0"])
 
 
@@ -70,7 +70,7 @@ def test_synflow_rounds_end_at_the_target_density_and_pruned_weights_score_below
     torch.manual_seed(0)
     net = create_model("resnet8", num_classes=10, width=0.5)
     layers = ["stem.conv", "stages.0.0.conv1", "stages.1.0.conv1"]
-    scores = synflow_scores(net, layers, density=0.25, input_shape=(3, 8, 8), rounds=5)
+    scores = synflow_scores(net, layers, density=0.25, image_shape=(3, 8, 8), rounds=5)
     masks = masks_from_scores(scores, 0.25)
     total = sum(s.numel() for s in scores.values())
     assert sum(int(m.sum()) for m in masks.values()) == round(0.25 * total)
@@ -102,7 +102,7 @@ def test_random_scores_are_deterministic_per_generator_and_every_criterion_runs_
     for name in CRITERIA:
         gen = torch.Generator().manual_seed(3)
         scores = compute_scores(
-            name, net, layers, batches=batch, generator=gen, input_shape=(3, 8, 8), synflow_rounds=2
+            name, net, layers, batches=batch, generator=gen, image_shape=(3, 8, 8), synflow_rounds=2
         )
         assert {k: v.shape for k, v in scores.items()} == {n: dict(net.named_modules())[n].weight.shape for n in layers}
         assert all(torch.isfinite(v).all() for v in scores.values())

@@ -34,7 +34,7 @@ def test_synflow_on_a_two_layer_net_by_hand():
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
         net[2].weight.copy_(torch.tensor([[-1.0, 2.0]]))
-    scores = synflow_scores(net, ["0", "2"], density=1.0, input_shape=(2,), rounds=1)
+    scores = synflow_scores(net, ["0", "2"], density=1.0, image_shape=(2,), rounds=1)
     assert scores["0"].tolist() == [[1.0, 2.0], [6.0, 1.0]]
     assert scores["2"].tolist() == [[3.0, 7.0]]
     assert float(scores["0"].sum()) == float(scores["2"].sum()) == 10.0
@@ -48,7 +48,7 @@ def test_synflow_on_a_resnet_ignores_the_data_and_conserves_saliency_across_ever
     with torch.no_grad():
         net.head.fc.bias.zero_()
     layers = sorted({n for cut in RESNET_CUTS for n in cut} | {"stages.0.0.conv1"})
-    scores = synflow_scores(net, layers, density=1.0, input_shape=(3, 8, 8), rounds=1)
+    scores = synflow_scores(net, layers, density=1.0, image_shape=(3, 8, 8), rounds=1)
     work = create_model("resnet8", num_classes=10, width=0.25)
     work.load_state_dict(net.state_dict())
     work = work.double().eval()
@@ -65,7 +65,7 @@ def test_synflow_on_a_resnet_ignores_the_data_and_conserves_saliency_across_ever
     for scale in (0.0, 5.0):  # whatever batches are passed, SynFlow never looks at them
         batches = [(scale * torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g))]
         other = compute_scores(
-            "synflow", net, layers, batches=batches, density=1.0, input_shape=(3, 8, 8), synflow_rounds=1
+            "synflow", net, layers, batches=batches, density=1.0, image_shape=(3, 8, 8), synflow_rounds=1
         )
         assert all(torch.equal(other[n], scores[n]) for n in layers)
 

@@ -13,7 +13,6 @@ from ensemblekit.pruning import (
     masks_from_scores,
     prunable_layers,
     prunable_weights,
-    raw_weight,
     set_masks,
 )
 
@@ -54,15 +53,15 @@ def test_gradient_masks_keep_the_weights_in_the_forward_and_let_only_weight_deca
     assert add_masks(net, enforce="gradient") == ["0"]
     mask = (torch.rand(5, 6) < 0.5).float()
     set_masks(net, {"0": mask})
-    w0 = raw_weight(net[0]).detach().clone()
+    w0 = net[0].parametrizations.weight.original.detach().clone()
     assert torch.equal(net[0].weight, w0) and w0[mask == 0].abs().min() > 0  # dense in the forward pass
     lr, wd = 0.1, 0.01
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0, weight_decay=wd)
     nn.functional.cross_entropy(net(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
-    grad = raw_weight(net[0]).grad.clone()
+    grad = net[0].parametrizations.weight.original.grad.clone()
     assert not grad[mask == 0].any() and grad[mask == 1].abs().min() > 0
     opt.step()
-    w1 = raw_weight(net[0]).detach()
+    w1 = net[0].parametrizations.weight.original.detach()
     torch.testing.assert_close(w1[mask == 0], w0[mask == 0] * (1 - lr * wd), rtol=1e-6, atol=0)
     torch.testing.assert_close(w1[mask == 1], w0[mask == 1] * (1 - lr * wd) - lr * grad[mask == 1])
     assert density_report(net)["0"]["density"] == 1.0  # nothing is zero: the official mode is dense

@@ -111,6 +111,7 @@ CLI_WORDS = st.sampled_from(
         "--severities",
         "--ood",
         "--points",
+        "--member",
         "--members",
         "--children",
         "--seeds",

@@ -1,4 +1,7 @@
-"""Linear interpolation between two members in parameter space (MixtureEnsembles, seed 003, section 5.3).
+"""Linear interpolation between two members in parameter space (MixtureEnsembles, section 5.3).
+
+MixtureEnsembles: "MixtureEnsembles: Leveraging Parameter Sharing for Efficient Ensembles", anonymous ICLR
+submission (docs/methods/mixture.md).
 
 For members a and b with parameters θ_a, θ_b the path θ(λ) = (1 − λ)·θ_a + λ·θ_b, λ ∈ [0, 1], is evaluated on
 a data split. As in the paper (after Fort et al. 2019 and Neyshabur et al. 2020), BatchNorm runs in train

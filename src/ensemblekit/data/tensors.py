@@ -36,11 +36,6 @@ class ImageTensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """Height and width of the images."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
     def subset(self, indices: torch.Tensor) -> ImageTensors:
         """The rows ``indices`` (a LongTensor) of this split, as a new ``ImageTensors``."""
         return ImageTensors(self.images[indices], self.labels[indices], list(self.classes))

@@ -36,7 +36,9 @@ from ensemblekit.models.factory import LayerFactory
 
 FastInit = Literal["normal", "random_sign"]
 Fused = bool | Literal["auto"]
-Execution = Literal["auto", "folded", "member_weights"]
+ConvExecution = Literal["auto", "folded", "member_weights"]
+"""How a BatchEnsemble convolution computes (config key ``method.conv_execution``): one convolution over the
+folded batch, or one per member with its formed weight; ``auto`` picks per device."""
 _TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated at ±2 (Keras' correction factor)
 
 
@@ -147,15 +149,14 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         fast_std: Standard deviation of the normal fast-weight init.
         sign_prob: Probability of +1 of the random-sign init.
         fused: ``True``: :class:`~ensemblekit.layers.batch_ensemble_fused.BatchEnsembleConvFunction` (one
-            autograd node, half the elementwise passes of plain autograd, same values; ~12 % faster
-            forward + backward for resnet20 on CPU); ``False``: plain autograd ops (the reference; supports double
-            backward); ``"auto"``: fused on CPU, plain elsewhere (the fused backward is unmeasured on GPUs).
-            Applies to the folded execution. Under autocast the plain path is always used.
-        execution: ``"folded"``: one convolution over the folded batch (above); ``"member_weights"``:
+            autograd node, half the elementwise passes of plain autograd, same values); ``False``: plain
+            autograd ops (the reference; supports double backward); ``"auto"``: fused on CPU, plain elsewhere (the
+            timings behind the choice: docs/methods/batch_ensemble.md, "Execution").
+            Applies to the folded form. Under autocast the plain path is always used.
+        conv_execution: ``"folded"``: one convolution over the folded batch (above); ``"member_weights"``:
             ``BatchEnsembleMemberWeightConvFunction`` (member i's rows convolved with its formed weight
             W ⊙ s_i r_iᵀ: same values, no full-size elementwise passes, M convolutions of B rows); ``"auto"``:
-            member weights on CPU (measured faster there: 1.13x four single-model steps against 1.27x folded,
-            resnet20, B = 128), folded elsewhere.
+            member weights on CPU, folded elsewhere (docs/methods/batch_ensemble.md, "Execution").
     """
 
     def __init__(
@@ -171,24 +172,25 @@ class BatchEnsembleConv2d(_BatchEnsembleBase):
         fast_std: float = 0.5,
         sign_prob: float = 0.5,
         fused: Fused = "auto",
-        execution: Execution = "auto",
+        conv_execution: ConvExecution = "auto",
     ) -> None:
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         super().__init__(members, in_channels, out_channels, shape, bias, fast_init, fast_std, sign_prob)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.fused = fused
-        self.execution = execution
+        self.conv_execution = conv_execution
 
     def _slow(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Compute y = conv(x ⊙ r_i, W) ⊙ s_i + b_i on the folded batch (one convolution for all members)."""
-        if not torch.is_autocast_enabled(x.device.type):
+        device = x.device.type
+        if device != "meta" and not torch.is_autocast_enabled(device):  # meta tensors: shapes only, plain ops
             args = (x, self.weight, self.r, self.s, self.bias, self.stride, self.padding)
-            cpu = x.device.type == "cpu"
-            if self.execution == "member_weights" or (self.execution == "auto" and cpu):
+            cpu = device == "cpu"
+            if self.conv_execution == "member_weights" or (self.conv_execution == "auto" and cpu):
                 return BatchEnsembleMemberWeightConvFunction.apply(*args)
             if self.fused is True or (self.fused == "auto" and cpu):
                 return BatchEnsembleConvFunction.apply(*args)
@@ -242,8 +244,7 @@ class EnsembleBatchNorm2d(nn.Module):
     statistics (eval) and its own affine γ_i, β_i: y = γ_i (x − μ_i) / √(σ_i² + ε) + β_i. Running statistics
     follow PyTorch's BatchNorm (momentum 0.1, unbiased variance). Implemented as one ``F.batch_norm`` per member
     chunk (M calls on contiguous row slices, then one concatenation), which avoids the two transposing copies
-    of the ``[B, M·C, H, W]`` layout (forward + backward on CPU, M = 4, ``[128, 16, 32, 32]``: 8 ms vs 21 ms
-    channels-last, 11 ms vs 16 ms contiguous).
+    of the ``[B, M·C, H, W]`` layout (timings: docs/methods/batch_ensemble.md, "Execution").
 
     Args:
         members: Ensemble size M.
@@ -305,7 +306,7 @@ class BatchEnsembleLayers(LayerFactory):
         fast_init: ``"normal"`` or ``"random_sign"``.
         fast_std: Standard deviation of the normal fast-weight init.
         sign_prob: Probability of +1 of the random-sign init.
-        execution: The convolutions' ``execution`` (``"auto"``, ``"folded"`` or ``"member_weights"``).
+        conv_execution: The convolutions' ``conv_execution`` (``"auto"``, ``"folded"`` or ``"member_weights"``).
         fused: The convolutions' ``fused`` setting (``True``, ``False`` or ``"auto"``; see
             :class:`BatchEnsembleConv2d`).
     """
@@ -318,12 +319,12 @@ class BatchEnsembleLayers(LayerFactory):
         fast_std: float = 0.5,
         sign_prob: float = 0.5,
         fused: Fused = "auto",
-        execution: Execution = "auto",
+        conv_execution: ConvExecution = "auto",
     ) -> None:
         self.members = members
         self.ensemble_bn = ensemble_bn
         self.fused = fused
-        self.execution = execution
+        self.conv_execution = conv_execution
         self.fast = {"fast_init": fast_init, "fast_std": fast_std, "sign_prob": sign_prob}
 
     def conv2d(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False) -> nn.Module:
@@ -337,7 +338,7 @@ class BatchEnsembleLayers(LayerFactory):
             bias,
             **self.fast,
             fused=self.fused,
-            execution=self.execution,
+            conv_execution=self.conv_execution,
         )
 
     def batchnorm2d(self, channels: int) -> nn.Module:

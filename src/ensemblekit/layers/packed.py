@@ -1,6 +1,6 @@
 """Member-aware layers that run an ensemble either member by member (loop) or packed on the channel axis.
 
-All member-aware layers of one network share an :class:`ExecutionState` that the ensemble sets around each
+All member-aware layers of one network share an :class:`ForwardState` that the ensemble sets around each
 forward pass:
 
 * **loop** (``state.member = i``): the network runs once per member on ``[B, C, H, W]`` activations and
@@ -24,11 +24,11 @@ from torch import nn
 from ensemblekit.models.shortcuts import ZeroPadShortcut
 
 
-class ExecutionState:
-    """How the member-aware layers of one network run right now (set by the ensemble's forward).
+class ForwardState:
+    """How the member-aware layers of one network run in the current forward pass (set by the ensemble's forward).
 
     Attributes:
-        members: M.
+        num_members: M.
         packed: Members stacked on channels.
         member: The member of the loop form (``None`` outside a loop pass).
         cache: Per-forward store of formed member weights (layer id -> tensor), so every template layer forms
@@ -36,7 +36,7 @@ class ExecutionState:
     """
 
     def __init__(self, members: int) -> None:
-        self.members = members
+        self.num_members = members
         self.packed = False
         self.member: int | None = None
         self.cache: dict[int, torch.Tensor] | None = None
@@ -52,19 +52,19 @@ class SharedConv2d(nn.Conv2d):
     """A plain convolution shared by all members (one weight; grouped with the weight repeated when packed).
 
     Args:
-        state: The network's execution state.
+        state: The network's forward state.
         *args: ``nn.Conv2d`` arguments.
         **kwargs: ``nn.Conv2d`` keyword arguments.
     """
 
-    def __init__(self, state: ExecutionState, *args, **kwargs) -> None:
+    def __init__(self, state: ForwardState, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_state", state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._state.packed:
             return super().forward(x)
-        m = self._state.members
+        m = self._state.num_members
         bias = None if self.bias is None else self.bias.repeat(m)
         return F.conv2d(x, self.weight.repeat(m, 1, 1, 1), bias, self.stride, self.padding, self.dilation, m)
 
@@ -72,14 +72,14 @@ class SharedConv2d(nn.Conv2d):
 class SharedLinear(nn.Linear):
     """A plain linear layer shared by all members (applied to each member's block of features when packed)."""
 
-    def __init__(self, state: ExecutionState, *args, **kwargs) -> None:
+    def __init__(self, state: ForwardState, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_state", state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._state.packed:
             return super().forward(x)
-        b, m = x.shape[0], self._state.members
+        b, m = x.shape[0], self._state.num_members
         return F.linear(x.reshape(b, m, -1), self.weight, self.bias).reshape(b, -1)
 
 
@@ -93,10 +93,10 @@ class MemberBatchNorm2d(nn.BatchNorm2d):
     Args:
         channels: C, the channels of one member.
         members: M.
-        state: The network's execution state.
+        state: The network's forward state.
     """
 
-    def __init__(self, channels: int, members: int, state: ExecutionState, **kwargs) -> None:
+    def __init__(self, channels: int, members: int, state: ForwardState, **kwargs) -> None:
         super().__init__(channels * members, **kwargs)
         self.channels = channels
         self.members = members
@@ -137,7 +137,7 @@ class MemberBatchNorm2d(nn.BatchNorm2d):
 class MemberZeroPadShortcut(ZeroPadShortcut):
     """Option-A shortcut that pads each member's channel block separately when packed."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, state: ExecutionState) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, state: ForwardState) -> None:
         super().__init__(in_channels, out_channels, stride)
         object.__setattr__(self, "_state", state)
 
@@ -146,11 +146,11 @@ class MemberZeroPadShortcut(ZeroPadShortcut):
             return super().forward(x)
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        x = x.unflatten(1, (self._state.members, self.in_channels))
+        x = x.unflatten(1, (self._state.num_members, self.in_channels))
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back)).flatten(1, 2)
 
 
-def replace_zero_pad_shortcuts(net: nn.Module, state: ExecutionState) -> int:
+def replace_zero_pad_shortcuts(net: nn.Module, state: ForwardState) -> int:
     """Swap every :class:`ZeroPadShortcut` of ``net`` for a member-aware one; returns how many."""
     count = 0
     for module in list(net.modules()):

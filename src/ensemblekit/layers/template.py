@@ -1,4 +1,7 @@
-"""Template banks and template-mixing layers (MixtureEnsembles, seed 003; Savarese & Maire 2019).
+"""Template banks and template-mixing layers (MixtureEnsembles; Savarese & Maire, ICLR 2019).
+
+MixtureEnsembles: "MixtureEnsembles: Leveraging Parameter Sharing for Efficient Ensembles", anonymous ICLR
+submission (docs/methods/mixture.md).
 
 Member i's weight of template layer j is a linear combination of templates from a shared bank,
 
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemblekit.layers.packed import ExecutionState, MemberBatchNorm2d, SharedConv2d, SharedLinear
+from ensemblekit.layers.packed import ForwardState, MemberBatchNorm2d, SharedConv2d, SharedLinear
 from ensemblekit.layers.template_plan import LayerPlan, LayerRecord, MixturePlan
 from ensemblekit.models.factory import LayerFactory
 
@@ -71,17 +74,17 @@ class TemplateLayer(nn.Module):
     Args:
         plan: The layer's plan (role ``"template"``).
         bank: The ensemble's template bank (referenced, not owned).
-        state: The network's execution state.
+        state: The network's forward state.
 
     Attributes:
         coefficients: α, ``[M, t]``; row i is member i's (no weight decay, see the method's recipe).
         bias: The layer's bias, shared by all members (``None`` without bias).
     """
 
-    def __init__(self, plan: LayerPlan, bank: TemplateBank, state: ExecutionState) -> None:
+    def __init__(self, plan: LayerPlan, bank: TemplateBank, state: ForwardState) -> None:
         super().__init__()
         r = plan.record
-        m = state.members
+        m = state.num_members
         self.shape = r.shape
         self.group = plan.group
         self.t = plan.t
@@ -146,7 +149,7 @@ class TemplateLayer(nn.Module):
 class TemplateConv2d(TemplateLayer):
     """A convolution whose member weights mix templates; grouped over members when packed."""
 
-    def __init__(self, plan: LayerPlan, bank: TemplateBank, state: ExecutionState) -> None:
+    def __init__(self, plan: LayerPlan, bank: TemplateBank, state: ForwardState) -> None:
         super().__init__(plan, bank, state)
         self.stride = plan.record.stride
         self.padding = plan.record.padding
@@ -196,10 +199,10 @@ class MixtureFactory(LayerFactory):
     Args:
         plan: The mixture plan.
         bank: The template bank the template layers read.
-        state: The execution state shared by the network's layers.
+        state: The forward state shared by the network's layers.
     """
 
-    def __init__(self, plan: MixturePlan, bank: TemplateBank, state: ExecutionState) -> None:
+    def __init__(self, plan: MixturePlan, bank: TemplateBank, state: ForwardState) -> None:
         self.plan = plan
         self.bank = bank
         self.state = state
@@ -225,7 +228,7 @@ class MixtureFactory(LayerFactory):
         )
 
     def batchnorm2d(self, channels):
-        return MemberBatchNorm2d(channels, self.state.members, self.state)
+        return MemberBatchNorm2d(channels, self.state.num_members, self.state)
 
     def linear(self, in_features, out_features, bias=True):
         lp = self._take("linear", (out_features, in_features))

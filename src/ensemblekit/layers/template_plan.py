@@ -4,7 +4,8 @@ Pure bookkeeping (no tensors): given the conv/linear layers of the plain backbon
 which layers mix templates from a bank, how many templates each bank holds, and which templates every
 (layer, member) pair combines. The modules in :mod:`ensemblekit.layers.template` execute the plan.
 
-Rules (MixtureEnsembles, seed 003, section 3.1; Savarese & Maire 2019; Plummer et al. 2022, "Neural Parameter
+Rules (MixtureEnsembles, "MixtureEnsembles: Leveraging Parameter Sharing for Efficient Ensembles", anonymous ICLR
+submission, section 3.1; docs/methods/mixture.md; Savarese & Maire 2019; Plummer et al. 2022, "Neural Parameter
 Allocation Search" / Shapeshifter Networks, whose code fixes the details the paper leaves open):
 
 * **Groups** (``sharing="groups"``): layers are grouped by (layer type, exact weight shape). A group with one

@@ -19,10 +19,4 @@ from ensemblekit.methods import (  # noqa: F401  (registration)
 )
 from ensemblekit.methods.base import METHODS, Method, MethodOptions, build_method
 
-
-def list_methods() -> list[str]:
-    """Names of all registered methods."""
-    return METHODS.names()
-
-
-__all__ = ["METHODS", "Method", "MethodOptions", "build_method", "list_methods"]
+__all__ = ["METHODS", "Method", "MethodOptions", "build_method"]

@@ -1,6 +1,6 @@
 """``bagging``: every member trained on its own bootstrap resample of the training set (Breiman, 1996).
 
-"Bagging Predictors", Machine Learning 24(2), 1996; the MotherNets paper's slow baseline (methods.md section 7).
+"Bagging Predictors", Machine Learning 24(2), 1996; the MotherNets paper's slow baseline (docs/methods/bagging.md).
 Member i is trained from scratch on N' = round(``sample_fraction`` · N) row indices drawn uniformly with
 replacement from the N training images (≈ 63.2 % distinct images for N' = N) by a generator seeded with
 (``train.seed``, i), with its own data order; an epoch is one pass over its N' draws, so the cost equals a deep

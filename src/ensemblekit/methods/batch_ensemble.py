@@ -56,16 +56,16 @@ class BatchEnsembleNet(Ensemble):
     def __init__(self, net: nn.Module, members: int) -> None:
         super().__init__()
         self.net = net
-        self.members = members
+        self._num_members = members  # an int; ``.members`` is the ModuleList of MemberEnsemble
 
     @property
     def num_members(self) -> int:
-        return self.members
+        return self._num_members
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, K]`` for images ``[B, ...]`` (one pass over the tiled batch ``[M·B, ...]``)."""
-        out = self.net(tile_batch(x, self.members))
-        return out.view(self.members, x.shape[0], -1)
+        out = self.net(tile_batch(x, self.num_members))
+        return out.view(self.num_members, x.shape[0], -1)
 
     def total_parameter_count(self) -> int:
         """The ensemble's size is its stored size: slow weights once, fast weights and BN of every member."""
@@ -86,12 +86,12 @@ class BatchEnsembleOptions(MethodOptions):
         fused_backward: ``true``: every convolution is one autograd node whose backward gets the fast-weight
             gradients from per-member weight gradients instead of full-size products (same values, half the
             elementwise memory passes; :mod:`ensemblekit.layers.batch_ensemble_fused`); ``false``: plain
-            autograd; ``auto``: fused on CPU (measured ~12 % faster there), plain on GPUs (unmeasured).
+            autograd; ``auto``: fused on CPU, plain on GPUs (timings: docs/methods/batch_ensemble.md, "Execution").
         conv_execution: ``folded``: one convolution per layer over the folded batch, fast weights applied as
             broadcast products (the paper's formulation); ``member_weights``: member i's rows convolved with its
             formed weight W ⊙ s_i r_iᵀ (same values and FLOPs, no full-size elementwise passes, M convolutions
-            per layer; ``fused_backward`` then does not apply); ``auto``: member weights on CPU (measured faster
-            there), folded elsewhere. ``benchmarks/bench_batch_ensemble.py`` compares them.
+            per layer; ``fused_backward`` then does not apply); ``auto``: member weights on CPU, folded elsewhere
+            (``benchmarks/bench_batch_ensemble.py`` compares them; figures in docs/methods/batch_ensemble.md).
     """
 
     members: int = Field(default=4, ge=1)

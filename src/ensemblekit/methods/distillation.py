@@ -1,6 +1,6 @@
 """``distillation``: members trained against a frozen teacher's soft predictions (Hinton, Vinyals & Dean, 2015).
 
-The knowledge-distillation baseline of MotherNets (Wasay et al., MLSys 2020; methods.md section 7): a teacher
+The knowledge-distillation baseline of MotherNets (Wasay et al., MLSys 2020; docs/methods/distillation.md): a teacher
 (a single network or a whole ensemble) is trained first, then every ensemble member (student) is trained on
 
     L = (1 − alpha) · CE(y, softmax(z_s)) + alpha · T² · KL(p_t^T ‖ softmax(z_s / T)),

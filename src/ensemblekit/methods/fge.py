@@ -3,7 +3,7 @@
 "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs".
 
 Pre-train one network with the config's ``train`` recipe (or load it: ``pretrain_run`` / ``pretrain_weights``),
-then run M cycles of c epochs (c even) with the piecewise-linear schedule (methods.md section 7)
+then run M cycles of c epochs (c even) with the piecewise-linear schedule (docs/methods/fge.md)
 
     τ = (mod(i − 1, L) + 1)/L,  lr = (1 − 2τ)·α₁ + 2τ·α₂ for τ ≤ ½,  (2 − 2τ)·α₂ + (2τ − 1)·α₁ otherwise,
 

@@ -53,7 +53,8 @@ class MCDropoutOptions(MethodOptions):
 
     Attributes:
         members: Number of stochastic test-time passes S (uncertainty-baselines reports S = 30).
-        dropout: Dropout rate used when ``model.dropout`` is 0 (methods.md: 0.3 on CIFAR).
+        dropout: Dropout rate used when ``model.dropout`` is 0 (0.3 on CIFAR, as in the WRN-28-10 baselines of
+            uncertainty-baselines; docs/methods/mc_dropout.md).
     """
 
     members: int = Field(default=10, gt=0)

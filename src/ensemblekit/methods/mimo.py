@@ -51,24 +51,23 @@ class MIMOEnsemble(Ensemble):
     def __init__(self, net: nn.Module, members: int, in_channels: int = 3) -> None:
         super().__init__()
         self.net = net
-        self.members = members
+        self._num_members = members  # an int; ``.members`` is the ModuleList of MemberEnsemble
         self.in_channels = in_channels
 
     @property
     def num_members(self) -> int:
-        return self.members
+        return self._num_members
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, K]`` for ``[B, C, H, W]`` (replicated into every slot) or ``[B, M·C, H, W]``."""
-        channels = x.shape[1]
-        if channels == self.in_channels and self.members > 1:
-            x = fill_slots(x, self.members)
-        elif channels != self.in_channels * self.members:
-            raise ValueError(
-                f"MIMO expects {self.in_channels} or {self.in_channels * self.members} input channels, got {channels}"
-            )
+        channels, m = x.shape[1], self.num_members
+        if channels == self.in_channels and m > 1:
+            x = fill_slots(x, m)
+        elif channels != self.in_channels * m:
+            expected = f"{self.in_channels} or {self.in_channels * m}"
+            raise ValueError(f"MIMO expects {expected} input channels, got {channels}")
         out = self.net(x)
-        return out.view(x.shape[0], self.members, -1).transpose(0, 1)
+        return out.view(x.shape[0], m, -1).transpose(0, 1)
 
     def total_parameter_count(self) -> int:
         """One network: its stored size."""

@@ -1,4 +1,4 @@
-"""``mixture``: MixtureEnsembles — members mix templates from a shared parameter bank (seed 003).
+"""``mixture``: MixtureEnsembles — members mix templates from a shared parameter bank.
 
 Anonymous ICLR submission "MixtureEnsembles: Leveraging Parameter Sharing for Efficient Ensembles", built on
 Savarese & Maire (ICLR 2019, soft parameter sharing) and Plummer et al. (ICLR 2022, Shapeshifter Networks).
@@ -23,7 +23,7 @@ from torch import nn
 
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
-from ensemblekit.layers.packed import ExecutionState, MemberBatchNorm2d, replace_zero_pad_shortcuts
+from ensemblekit.layers.packed import ForwardState, MemberBatchNorm2d, replace_zero_pad_shortcuts
 from ensemblekit.layers.template import MixtureFactory, RecordingFactory, TemplateBank, TemplateLayer, init_mixture
 from ensemblekit.layers.template_plan import MixturePlan, plan_blob, plan_groups, resolve_budget
 from ensemblekit.methods.base import METHODS, Method, MethodOptions
@@ -31,14 +31,14 @@ from ensemblekit.models.factory import LayerFactory
 from ensemblekit.training.optim import default_param_groups
 from ensemblekit.training.stage import OptimSpec, Stage, stage_from_train
 
-Execution = Literal["auto", "loop", "packed"]
+Layout = Literal["auto", "loop", "packed"]
+"""The forward layout of a MixtureEnsemble (config key ``method.execution``): ``loop`` runs the network once per
+member, ``packed`` stacks the members on channels (grouped convolutions); ``auto`` picks per device."""
 
-# What ``execution: auto`` runs per device type. CPU: loop, measured with benchmarks/bench_mixture.py
-# (resnet20, M = 4, budget 1x, batch 64, 1 thread, torch 2.13 CPU, two runs): a packed training step took
-# 1.43-1.44x the loop's time in NCHW and 1.11-1.23x in channels-last (the runner's CPU format); oneDNN's
-# grouped-convolution backward is the slow part. CUDA: packed (one grouped convolution per layer instead of M
-# small launches; not measured, no GPU was available). Other devices: packed.
-AUTO_EXECUTION: dict[str, str] = {"cpu": "loop", "cuda": "packed"}
+# What layout ``execution: auto`` runs per device type: loop on CPU (the packed form's grouped-convolution backward is
+# the slower one there), packed on CUDA (one grouped convolution per layer instead of M small launches) and on other
+# devices. The timings behind the choice: docs/methods/mixture.md, "Execution forms" (benchmarks/bench_mixture.py).
+AUTO_LAYOUT: dict[str, str] = {"cpu": "loop", "cuda": "packed"}
 UNPACKABLE_FAMILIES: tuple[str, ...] = ("densenet",)  # dense concatenation breaks the member-major channel layout
 
 
@@ -49,14 +49,14 @@ class MixtureEnsemble(Ensemble):
         net: The backbone built from mixture layers (:class:`~ensemblekit.layers.template.MixtureFactory`).
         bank: The template bank.
         plan: The plan both follow.
-        state: The execution state shared by the net's layers.
-        execution: ``auto`` (per device, :data:`AUTO_EXECUTION`), ``loop`` or ``packed``.
+        state: The forward state shared by the net's layers.
+        layout: ``auto`` (per device, :data:`AUTO_LAYOUT`), ``loop`` or ``packed``.
     """
 
     combine = "probs"
 
     def __init__(
-        self, net: nn.Module, bank: TemplateBank, plan: MixturePlan, state: ExecutionState, execution: Execution
+        self, net: nn.Module, bank: TemplateBank, plan: MixturePlan, state: ForwardState, layout: Layout
     ) -> None:
         super().__init__()
         self.net = net
@@ -65,27 +65,27 @@ class MixtureEnsemble(Ensemble):
         self.state = state
         family = getattr(getattr(net, "spec", None), "family", None)
         self.packable = family not in UNPACKABLE_FAMILIES
-        if execution == "packed" and not self.packable:
+        if layout == "packed" and not self.packable:
             raise UserError(f"mixture: execution: packed does not support {family} backbones; use loop or auto")
-        self.execution = execution
+        self.layout = layout
 
     @property
     def num_members(self) -> int:
-        return self.state.members
+        return self.state.num_members
 
-    def resolve_execution(self, device: torch.device) -> str:
+    def resolve_layout(self, device: torch.device) -> str:
         """``loop`` or ``packed`` for inputs on ``device``."""
-        if self.execution != "auto":
-            return self.execution
-        mode = AUTO_EXECUTION.get(device.type, "packed")
+        if self.layout != "auto":
+            return self.layout
+        mode = AUTO_LAYOUT.get(device.type, "packed")
         return mode if self.packable else "loop"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, C]`` for images ``[B, 3, H, W]``."""
-        m, b = self.state.members, x.shape[0]
+        m, b = self.state.num_members, x.shape[0]
         self.state.cache = {}
         try:
-            if self.resolve_execution(x.device) == "packed":
+            if self.resolve_layout(x.device) == "packed":
                 self.state.packed = True
                 xs = x.repeat(1, m, 1, 1)
                 if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
@@ -182,7 +182,7 @@ def build_mixture_ensemble(
     sharing: Literal["groups", "blob"] = "groups",
     template_assignment: Literal["shared", "disjoint"] = "shared",
     bank_singletons: bool = False,
-    execution: Execution = "auto",
+    layout: Layout = "auto",
 ) -> MixtureEnsemble:
     """Plan and build a MixtureEnsemble around the backbone ``make_backbone(layers)`` builds.
 
@@ -197,7 +197,7 @@ def build_mixture_ensemble(
         sharing: ``groups`` or ``blob``.
         template_assignment: ``shared`` or ``disjoint``.
         bank_singletons: Banks for singleton layers too (Thin variant).
-        execution: ``auto``, ``loop`` or ``packed``.
+        layout: ``auto``, ``loop`` or ``packed`` (see :data:`Layout`).
 
     Returns:
         The initialised ensemble.
@@ -213,7 +213,7 @@ def build_mixture_ensemble(
         plan = plan_blob(recorder.records, budget, members, templates_per_layer, template_assignment)
     else:
         plan = plan_groups(recorder.records, budget, members, templates_per_layer, template_assignment, bank_singletons)
-    state = ExecutionState(members)
+    state = ForwardState(members)
     bank = TemplateBank(plan)
     net = make_backbone(MixtureFactory(plan, bank, state))
     if not any(isinstance(m, TemplateLayer) for m in net.modules()):  # no silent success: members would be one net
@@ -223,7 +223,7 @@ def build_mixture_ensemble(
         )
     replace_zero_pad_shortcuts(net, state)
     init_mixture(net, bank, plan)
-    return MixtureEnsemble(net, bank, plan, state, execution)
+    return MixtureEnsemble(net, bank, plan, state, layout)
 
 
 class MixtureOptions(MethodOptions):
@@ -242,8 +242,8 @@ class MixtureOptions(MethodOptions):
         bank_singletons: Banks for singleton layers too (the paper's Thin variant); default plain shared layers.
         member_loss: ``sum`` (default: every member gets a standard CE and the templates the sum of the
             members' gradients) or ``mean``.
-        execution: ``auto`` (faster form per device; ``runtime.member_execution: loop`` turns it into
-            ``loop``), ``loop`` or ``packed``.
+        execution: The forward layout (:data:`Layout`): ``auto`` (faster form per device;
+            ``runtime.member_execution: loop`` turns it into ``loop``), ``loop`` or ``packed``.
     """
 
     members: int = Field(default=4, ge=1)
@@ -253,7 +253,7 @@ class MixtureOptions(MethodOptions):
     template_assignment: Literal["shared", "disjoint"] = "shared"
     bank_singletons: bool = False
     member_loss: Literal["sum", "mean"] = "sum"
-    execution: Execution = "auto"
+    execution: Layout = "auto"
 
 
 def coefficient_param_groups(spec: OptimSpec) -> Callable[[nn.Module], list[dict[str, Any]]]:
@@ -275,13 +275,13 @@ class Mixture(Method):
     """MixtureEnsembles: template banks shared by members that own coefficients and BatchNorm."""
 
     Options = MixtureOptions
-    summary = "members mix templates of a shared parameter bank (MixtureEnsembles, seed 003)"
+    summary = "members mix templates of a shared parameter bank (MixtureEnsembles, ICLR submission)"
 
     def build(self) -> Ensemble:
         o = self.options
-        execution = o.execution
-        if execution == "auto" and self.cfg.runtime.member_execution != "auto":
-            execution = self.cfg.runtime.member_execution  # runtime.member_execution: loop|packed forces a form
+        layout = o.execution
+        if layout == "auto" and self.cfg.runtime.member_execution != "auto":
+            layout = self.cfg.runtime.member_execution  # runtime.member_execution: loop|packed forces a layout
         return build_mixture_ensemble(
             self._make_backbone,
             members=o.members,
@@ -290,7 +290,7 @@ class Mixture(Method):
             sharing=o.sharing,
             template_assignment=o.template_assignment,
             bank_singletons=o.bank_singletons,
-            execution=execution,
+            layout=layout,
         )
 
     def _make_backbone(self, layers: LayerFactory) -> nn.Module:

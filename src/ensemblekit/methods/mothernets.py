@@ -1,7 +1,7 @@
 """``mothernets``: train one MotherNet per cluster of members, hatch the members from it, train them further.
 
 Wasay, Hentschel, Liao, Chen & Idreos, "MotherNets: Rapid Deep Ensemble Learning", MLSys 2020 (arXiv
-1809.04270); specification in methods.md section 3. For an ensemble of (possibly all different) architectures:
+1809.04270); docs/methods/mothernets.md. For an ensemble of (possibly all different) architectures:
 
 1. cluster the members into ``clusters`` = g groups of compatible architectures, greedily merging the pair whose
    merged MotherNet keeps the largest share of its members' parameters
@@ -21,7 +21,7 @@ member index), so a re-run of the hook after a resume gives the same weights.
 
 Epoch budget (``stop: fixed``, the default): ``train.epochs`` = E is the per-member budget of training from
 scratch; by default the MotherNet gets round(``mother_fraction`` · E) epochs and every hatched member the rest
-(methods.md 3(e): 40 + 10 of 50). ``stop: plateau`` trains as the paper does (steps 4 and 7: "until
+(0.8: 40 + 10 of 50 epochs). ``stop: plateau`` trains as the paper does (steps 4 and 7: "until
 convergence"): the MotherNet and then every hatched member each train until their validation accuracy has not
 improved by more than ``min_delta`` for ``patience`` epochs, at most ``max_epochs`` each
 (:mod:`ensemblekit.training.stopping`; needs ``data.val_size`` > 0).
@@ -62,7 +62,7 @@ class MotherNetsOptions(HeterogeneousOptions):
             W ← W + N(0, (λ·std(W))²) (0 = none). Wasay et al. (MotherNets, MLSys 2020) add "random noise
             perturbation after hatching" to break the symmetry of the units Net2Net replicates (which otherwise
             get identical gradients) and to make the members diverse; the paper gives no distribution or scale
-            (methods.md 3(a) step 6 recommends λ = 0.01, range 0.01–0.05). Ablation: docs/methods/mothernets.md.
+            (our default λ = 0.01, range 0.01–0.05; ablation: docs/methods/mothernets.md).
         bn_batches: Training batches used to set the statistics of the BNs of identity layers added to VGG
             members (Net2Net; forward-only, charged to the cost); 0 keeps mean 0 / variance 1.
         from_scratch: Baseline switch: no MotherNet; every member trains ``train.epochs`` from its own random

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
-from ensemblekit.layers.packed import ExecutionState, replace_zero_pad_shortcuts
+from ensemblekit.layers.packed import ForwardState, replace_zero_pad_shortcuts
 from ensemblekit.layers.packed_ensemble import (
     PackedConv2d,
     PackedEnsembleLayers,
@@ -81,7 +81,7 @@ def build_packed_network(spec: ResNetSpec, members: int, gamma: int = 1, min_gro
     net = build_model(spec, layers=layers)
     if net.stem.conv is not layers.stem:
         raise RuntimeError("the first convolution the backbone created is not its stem")
-    state = ExecutionState(members)
+    state = ForwardState(members)
     state.packed = True  # zero-pad shortcuts pad each member's channel block
     replace_zero_pad_shortcuts(net, state)
     for block in net.modules():
@@ -114,15 +114,15 @@ class PackedEnsembleNet(Ensemble):
     def __init__(self, net: Backbone, members: int, gamma: int, min_group_channels: int) -> None:
         super().__init__()
         self.net = net
-        self.members, self.gamma, self.min_group_channels = members, gamma, min_group_channels
+        self._num_members, self.gamma, self.min_group_channels = members, gamma, min_group_channels
 
     @property
     def num_members(self) -> int:
-        return self.members
+        return self._num_members
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[M, B, K]`` for images ``[B, 3, H, W]``."""
-        return self.net(x).view(x.shape[0], self.members, -1).transpose(0, 1)
+        return self.net(x).view(x.shape[0], self.num_members, -1).transpose(0, 1)
 
     def member_network(self, i: int) -> Backbone:
         """Member ``i`` as a stand-alone network (a copy: a one-member packed network of the member spec)."""

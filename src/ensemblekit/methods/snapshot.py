@@ -1,7 +1,7 @@
 """``snapshot``: Snapshot Ensembles (Huang et al., "Snapshot Ensembles: Train 1, get M for free", ICLR 2017).
 
 One training run of T steps (``train.epochs``, or K·``cycle_epochs``) with K cosine cycles and warm restarts
-(methods.md section 7):
+(docs/methods/snapshot.md):
 
     lr(t) = (α₀/2)·(cos(π·mod(t, ⌈T/K⌉)/⌈T/K⌉) + 1)          (the ``cyclic_cosine`` schedule, α₀ = train.lr)
 

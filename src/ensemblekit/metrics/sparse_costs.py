@@ -3,7 +3,7 @@
 The dense counts (``params``, ``inference_flops``, ``train_epoch_equivalents``) are what ordinary kernels do: a
 masked weight is exactly zero but is still multiplied. A kernel that skipped zero weights would do less; the
 ``*_sparse`` / ``*_nonzero`` keys count that, the "theoretical FLOPs" of pruning papers (NFE's "FLOPs close to a
-single model", Lee & Lee 2024; Whitaker's survey counts a 50 %-sparse child epoch as half; methods.md 1, 2(d).5):
+single model", Lee & Lee 2024; Whitaker, "Neural Subnetwork Ensembles", 2023, counts a 50 %-sparse child epoch as half):
 
     inference_flops_sparse           = inference_flops − Σ_nets Σ_l (F_l − F_l^nz)
     inference_flops_sparse_vs_single = inference_flops_sparse / single_inference_flops

@@ -13,7 +13,6 @@ from ensemblekit.pruning.masks import (
     masks_from_scores,
     prunable_layers,
     prunable_weights,
-    raw_weight,
     set_masks,
 )
 
@@ -30,6 +29,5 @@ __all__ = [
     "masks_from_scores",
     "prunable_layers",
     "prunable_weights",
-    "raw_weight",
     "set_masks",
 ]

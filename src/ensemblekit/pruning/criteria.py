@@ -12,7 +12,7 @@ with ``torch.autograd.grad`` and never accumulate in ``.grad``).
 * ``grasp``: w ⊙ (H g), the negated GraSP score (Wang, Zhang & Grosse, ICLR 2020);
 * ``synflow``: iterative, data-free |∂R/∂w ⊙ w| (Tanaka, Kunin, Yamins & Ganguli, NeurIPS 2020).
 
-Network Fission Ensembles (Lee & Lee, 2024; methods.md section 1) prune with SNIP and report robustness to the
+Network Fission Ensembles (Lee & Lee, 2024; docs/methods/fission.md) prune with SNIP and report robustness to the
 others.
 """
 
@@ -110,17 +110,17 @@ def synflow_scores(
     layers: Sequence[str],
     density: float,
     *,
-    input_shape: Sequence[int] = (3, 32, 32),
+    image_shape: Sequence[int] = (3, 32, 32),
     rounds: int = 100,
     scope: Literal["global", "layerwise"] = "global",
 ) -> dict[str, torch.Tensor]:
     """Iterative synaptic flow, data-free (no batches): s_j = |∂R/∂w_j · w_j| with R = 1ᵀ(Π_l |W_l|) 1.
 
-    Tanaka, Kunin, Yamins & Ganguli, "Pruning neural networks without any data by iteratively conserving
-    synaptic flow", NeurIPS 2020. On a float64 copy in eval mode whose parameters and buffers are replaced by
-    their absolute values, R is the sum of the outputs for an all-ones input of ``input_shape``. In round
-    k = 1..``rounds`` the scores of the surviving weights are recomputed and the mask is reset to the top
-    ``density^(k/rounds)`` (exponential schedule), globally or per layer as ``scope`` says.
+    Tanaka, Kunin, Yamins & Ganguli, "Pruning neural networks without any data by iteratively conserving synaptic flow",
+    NeurIPS 2020. On a float64 copy in eval mode whose parameters and buffers are replaced by their absolute values, R
+    is the sum of the outputs for one all-ones input of ``image_shape`` (one example's shape without the batch axis,
+    ``[C, H, W]`` for images). In round k = 1..``rounds`` the scores of the surviving weights are recomputed and the
+    mask is reset to the top ``density^(k/rounds)`` (exponential schedule), globally or per layer as ``scope`` says.
 
     Returns:
         The last round's scores, with the weights pruned in earlier rounds at −1, so that a threshold at
@@ -136,7 +136,7 @@ def synflow_scores(
     originals = [p.detach().clone() for p in params]
     masks = {name: torch.ones_like(p) for name, p in zip(layers, params, strict=True)}
     device = params[0].device if params else torch.device("cpu")
-    ones = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
+    ones = torch.ones((1, *image_shape), dtype=torch.float64, device=device)
     scores: dict[str, torch.Tensor] = {}
     for k in range(1, rounds + 1):
         with torch.no_grad():
@@ -161,7 +161,7 @@ def compute_scores(
     density: float = 0.5,
     generator: torch.Generator | None = None,
     scope: Literal["global", "layerwise"] = "global",
-    input_shape: Sequence[int] = (3, 32, 32),
+    image_shape: Sequence[int] = (3, 32, 32),
     synflow_rounds: int = 100,
     grasp_temperature: float = 200.0,
     snip_loss: SnipLoss = "cross_entropy",
@@ -176,5 +176,5 @@ def compute_scores(
     if criterion == "grasp":
         return grasp_scores(net, layers, batches, grasp_temperature)
     if criterion == "synflow":
-        return synflow_scores(net, layers, density, input_shape=input_shape, rounds=synflow_rounds, scope=scope)
+        return synflow_scores(net, layers, density, image_shape=image_shape, rounds=synflow_rounds, scope=scope)
     raise ValueError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")

@@ -1,7 +1,7 @@
 """Weight grouping: split a pruning mask among the paths that share a layer (Network Fission Ensembles).
 
 Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles" (2024), step 2 ("balanced weight grouping";
-methods.md section 1(a)): the surviving weights of every split layer are divided into P disjoint groups, one per
+docs/methods/fission.md): the surviving weights of every split layer are divided into P disjoint groups, one per
 path that traverses the layer.
 
 * :func:`balanced_groups` (the recommended rule): randomly permute the indices of the surviving weights and cut

@@ -4,8 +4,8 @@ A mask is a ``{0, 1}`` buffer registered on a layer through ``torch.nn.utils.par
 (``enforce="forward"``) the layer's ``weight`` is computed as ``original * mask`` at every forward, so masked
 weights are exactly zero from the moment the mask is set and stay zero through any number of optimiser steps,
 weight decay included (their gradient is ``grad * mask = 0``; decay may move the hidden ``original`` value, never
-the used weight). Network Fission Ensembles (section 1 of methods.md) and the sparse Neural Subnetwork Ensembles
-(section 2) rely on this.
+the used weight). Network Fission Ensembles (Lee & Lee, 2024; docs/methods/fission.md) and the
+sparse Neural Subnetwork Ensembles (Whitaker, 2023; docs/methods/subnetwork.md) rely on this.
 
 ``enforce="gradient"`` reproduces the official NFE code (Lee & Lee, 2024, ``hjdw2/NFE``), which masks only the
 gradient (a hook ``grad * mask``; the line meant to zero the pruned weights is unreachable): the forward pass
@@ -151,13 +151,6 @@ def set_masks(module: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 def prunable_weights(module: nn.Module, include_classifier: bool = False) -> dict[str, torch.Tensor]:
     """The *effective* weights (mask applied) of the prunable layers, by layer name."""
     return {name: m.weight for name, m in prunable_layers(module, include_classifier).items()}
-
-
-def raw_weight(layer: nn.Module) -> nn.Parameter:
-    """The trainable tensor behind ``layer.weight`` (``original`` when masked)."""
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations["weight"].original
-    return layer.weight
 
 
 def masks_from_scores(

@@ -1,4 +1,4 @@
-"""Child masks of Neural Subnetwork Ensembles (Whitaker; methods.md section 2).
+"""Child masks of Neural Subnetwork Ensembles (Whitaker, "Neural Subnetwork Ensembles", arXiv 2311.14101, 2023).
 
 Every generator works **layer-wise** on a dict ``{layer name: weight shape}`` (the prunable layers of
 :func:`ensemblekit.pruning.masks.prunable_layers`: Conv2d and Linear weights, the classifier excluded; biases and

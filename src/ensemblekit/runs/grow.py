@@ -1,13 +1,13 @@
 """Dynamic growth of a finished Subnetwork Ensemble run: ``ensemblekit grow RUN_DIR --children K``.
 
-Children can be produced at any time from the stored parent (methods.md section 2(a), step 4). ``grow`` rebuilds
-the run's ensemble with ``members + K`` children, loads ``model.pt`` (parent and existing children, bitwise),
-runs only the new children's ``child_i_make``/``child_i`` stages, re-evaluates on the test split and rewrites
-``model.pt``, ``config.yaml`` and ``metrics.json`` (each atomically). The new stages' epochs are appended to
-``log.csv`` (and ``events.jsonl``); ``eval.json``, ``ood.json``, ``corruptions.json`` and ``interpolation.json``,
-computed from the smaller ensemble, are marked ``"stale"``. Costs add the new stages to the recorded
-ones; the previous metrics are kept under ``history``. Child i's randomness depends only on (seed, i, its group),
-so a grown run equals a run trained from the start with the grown ``config.yaml`` (for a partition with
+Children can be produced at any time from the stored parent (Whitaker, "Neural Subnetwork Ensembles", 2023;
+docs/methods/subnetwork.md). ``grow`` rebuilds the run's ensemble with ``members + K`` children, loads ``model.pt``
+(parent and existing children, bitwise), runs only the new children's ``child_i_make``/``child_i`` stages, re-evaluates
+on the test split and rewrites ``model.pt``, ``config.yaml`` and ``metrics.json`` (each atomically). The new stages'
+epochs are appended to ``log.csv`` (and ``events.jsonl``); ``eval.json``, ``ood.json``, ``corruptions.json`` and
+``interpolation.json``, computed from the smaller ensemble, are marked ``"stale"``. Costs add the new stages to the
+recorded ones; the previous metrics are kept under ``history``. Child i's randomness depends only on (seed, i, its
+group), so a grown run equals a run trained from the start with the grown ``config.yaml`` (for a partition with
 ``partition_parts`` unset, that config records the run's group size; see :func:`grown_config`).
 """
 

@@ -253,9 +253,6 @@ class Engine:
             batches.append((x, y))
         return batches
 
-    def _measure_flops(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
-        return measure_stage_flops(stage, x, y)
-
     def member_probs(self, module: nn.Module, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities ``[M, N, C]`` and labels of ``module`` on ``split`` (``test`` or ``val``)."""
         data = self.data.test if split == "test" else self.data.val
@@ -406,7 +403,7 @@ class Engine:
             if step < first_step:
                 continue
             if flops is None:
-                flops = self._measure_flops(stage, x, y)
+                flops = measure_stage_flops(stage, x, y)
             batch = len(x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

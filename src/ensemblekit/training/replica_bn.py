@@ -1,10 +1,11 @@
 """BatchNorm statistics per data-parallel replica, emulated on one device ("ghost" batches).
 
-Papers trained on several devices without synchronised BatchNorm normalise every device's share of the batch with
-that share's own statistics: MixtureEnsembles' CIFAR recipe is a batch of 128 over 2 GPUs (BN batch 64,
-methods.md §4(b), §4(d).6); uncertainty-baselines' BatchEnsemble runs 16 unique images tiled 4 times (64 rows) on
-each of 8 TPU cores (§4(c)). ``train.replica_batch_size: b`` reproduces that on one process: in training mode every
-BatchNorm splits its batch into replicas of b images and normalises each replica with its own mean and variance,
+Papers trained on several devices without synchronised BatchNorm normalise every device's share of the batch with that
+share's own statistics: MixtureEnsembles' CIFAR recipe is a batch of 128 over 2 GPUs (BN batch 64; its appendix,
+docs/methods/mixture.md); uncertainty-baselines' BatchEnsemble runs 16 unique images tiled 4 times (64 rows) on each of
+8 TPU cores (Wen, Tran & Ba, ICLR 2020; docs/methods/batch_ensemble.md). ``train.replica_batch_size: b`` reproduces that
+on one process: in training mode every BatchNorm splits its batch into replicas of b images and normalises each replica
+with its own mean and variance,
 
     y = γ·(x − μ_r)/√(σ²_r + ε) + β  for the rows x of replica r,
 

@@ -3,7 +3,7 @@
 Unstructured (``grouping: balanced | bernoulli``): every stage copy has the backbone's full shape and carries a
 forward-pass mask (all ones at build; the prune stage writes the pruning mask ∩ the copy's weight group).
 Structured (``grouping: channels``): every stage copy is a genuinely thinner dense stage; copy widths follow
-:func:`path_width` (methods.md section 1; Lee & Lee, 2024, made structured here).
+:func:`path_width` (Lee & Lee, 2024, made structured here; docs/methods/fission.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ensemblekit.pruning.masks import MaskEnforcement, add_masks, prunable_layer
 def scored_layers(net: nn.Module, shortcuts: bool = False) -> list[str]:
     """The layers pruned (and split) by NFE: every conv/linear of stem and stages except 1x1 shortcut convs.
 
-    The classifier is never pruned; shortcut convs are dense and duplicated per path (methods.md 1(a), step 3).
+    The classifier is never pruned; shortcut convs are dense and duplicated per path (Lee & Lee, 2024, step 3).
     ``shortcuts=True`` adds the shortcut convs: the official code scores them and ranks them in the global
     threshold (``reference: official``), but never masks them.
     """

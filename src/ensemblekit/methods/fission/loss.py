@@ -1,6 +1,6 @@
 """The training loss of Network Fission Ensembles: ensemble knowledge distillation among the exits.
 
-Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles" (2024), step 5 (methods.md section 1(a)).
+Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles" (2024), step 5 (docs/methods/fission.md).
 For exit logits z_i (i = 1..N) of a batch of size B:
 
     z_E = (1/N) Σ_i z_i,   q_E = softmax(z_E / T)  (stop-gradient: the teacher),   p_i^T = softmax(z_i / T)

@@ -1,7 +1,7 @@
 """``fission``: Network Fission Ensembles, one pruned network split into a multi-exit ensemble.
 
 Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles", arXiv 2408.02301, 2024; official code
-``hjdw2/NFE``; methods.md section 1.
+``hjdw2/NFE``; docs/methods/fission.md.
 
 One backbone becomes a multi-exit network whose N exits form the ensemble:
 
@@ -176,7 +176,7 @@ class Fission(Method):
         self,
         ensemble: FissionNetwork,
         batches: list[tuple[torch.Tensor, torch.Tensor]],
-        input_shape: tuple[int, ...] = (3, 32, 32),
+        image_shape: tuple[int, ...] = (3, 32, 32),
     ) -> dict[str, Any]:
         """Score the reference backbone, prune it and split it into ``ensemble`` (steps 1-2; deterministic).
 
@@ -202,7 +202,7 @@ class Fission(Method):
             density=density,
             generator=torch.Generator().manual_seed(self.cfg.train.seed + 17),
             scope=o.scope,
-            input_shape=input_shape,
+            image_shape=image_shape,
             synflow_rounds=o.synflow_rounds,
             grasp_temperature=o.grasp_temperature,
             snip_loss="logit_nll" if official else "cross_entropy",
@@ -247,12 +247,12 @@ class Fission(Method):
     def _prune_hook(self, ctx: StageContext) -> None:
         engine, o = ctx.engine, self.options
         meter = engine.cost_meter
-        input_shape = tuple(engine.data.train.images.shape[1:])
+        image_shape = tuple(engine.data.train.images.shape[1:])
         with meter.timer():
             batches = []
             if o.criterion in DATA_CRITERIA and not (o.grouping == "channels" and o.path_init == "independent"):
                 batches = self.score_data(engine)
-            report = self.apply_fission(ctx.ensemble, batches, input_shape)
+            report = self.apply_fission(ctx.ensemble, batches, image_shape)
             engine.sync_buffers()  # DDP: every rank takes rank 0's masks (its batches differ per rank)
         images = sum(len(x) for x, _ in batches)
         steps = {"snip": 1, "grasp": 3}.get(o.criterion, 0)
@@ -260,7 +260,7 @@ class Fission(Method):
             meter.add_step(images, meter.single_forward_flops)
         if o.criterion == "synflow" and report.get("criterion"):
             meter.add_step(o.synflow_rounds, meter.single_forward_flops)
-        report.update(self.pruning_report_costs(ctx.ensemble, input_shape))
+        report.update(self.pruning_report_costs(ctx.ensemble, image_shape))
         engine.logger.event("pruning", **report)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:

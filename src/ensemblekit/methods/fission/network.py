@@ -1,4 +1,6 @@
-"""The multi-exit ("fission") network of Network Fission Ensembles (Lee & Lee, 2024; methods.md section 1).
+"""The multi-exit ("fission") network of Network Fission Ensembles (Lee & Lee, 2024).
+
+Lee & Lee, "Network Fission Ensembles for Low-Cost Self-Ensembles", arXiv 2408.02301, 2024 (docs/methods/fission.md).
 
 A backbone ``stem -> stages S_1..S_K -> head`` becomes N paths (exits). Exit k (k = 1..N−1) branches after stage
 k of the main path (exit 0); stage s is duplicated for, and its weights split among, the min(s, N) paths that
@@ -86,15 +88,6 @@ class FissionNetwork(Ensemble):
             *(self.stages[s][source_copy(path, s)] for s in range(self.num_stages)),
             self.heads[path],
         ]
-
-    def owned_modules(self, path: int) -> list[nn.Module]:
-        """The modules of :meth:`path_modules` that no other path runs (its own stage copies and head), in order.
-
-        The main path's copy of stage s (0-based) is also run by every exit k > s (before it branches), so the
-        main path owns only its copies after the last branch point, and its head.
-        """
-        others = {id(m) for p in range(self.num_members) if p != path for m in self.path_modules(p)}
-        return [m for m in self.path_modules(path) if id(m) not in others]
 
     def forward_path(self, path: int, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of exit ``path`` alone."""

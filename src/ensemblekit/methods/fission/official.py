@@ -1,6 +1,6 @@
 """``method.reference: official``: Network Fission Ensembles as the official code trains (Lee & Lee, 2024).
 
-The official code (``hjdw2/NFE``, ``snip.py`` and ``train_exit*.py``; methods.md section 1) differs from the
+The official code (``hjdw2/NFE``, ``snip.py`` and ``train_exit*.py``; docs/methods/fission.md) differs from the
 corrected default in four ways, all switched together by ``reference: official``:
 
 1. **Gradient-hook masks.** A hook multiplies each conv weight's gradient by its mask; the line meant to zero the

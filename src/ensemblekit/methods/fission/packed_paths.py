@@ -38,7 +38,7 @@ def resolve_path_execution(setting: PathExecution, device: torch.device) -> Lite
     """``loop`` or ``packed`` for ``method.path_execution`` on ``device``.
 
     ``auto`` packs on CUDA, where a thin copy cannot fill the device alone, and keeps the loop on CPU, where the
-    packed form measured no faster (docs/methods/fission.md, "Path execution").
+    packed form is no faster (timings: docs/methods/fission.md, "Path execution").
     """
     if setting != "auto":
         return setting
@@ -82,7 +82,7 @@ class CopyPack:
             return functional_call(template, {**p, **b}, (x,))
 
         # contiguous inputs: vmap has no batching rule for channels-last adaptive pooling (it falls back to a loop);
-        # the stacked weights keep the copies' layout (contiguous ones measured 1.3x slower on CPU)
+        # the stacked weights keep the copies' layout (contiguous ones are slower on CPU: docs/methods/fission.md)
         out = vmap(one, randomness="different")(params, buffers, xs.contiguous())
         if self.template.training and buffers:  # BatchNorm updated the stacked statistics: write them back
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Stochastic Subnetwork Annealing (SSA; Whitaker, arXiv 2401.08830; methods.md section 2(a), family 3).
+"""Stochastic Subnetwork Annealing (SSA; Whitaker, arXiv 2401.08830, 2024; docs/methods/subnetwork.md).
 
 A child is tuned towards a fixed target mask m* (chosen once, before tuning). Entries inside the target are always
 kept; every entry outside it is kept with probability p(t), annealed from the initial temperature p₀ to 0 over

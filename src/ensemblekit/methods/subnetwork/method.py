@@ -1,6 +1,6 @@
 """``subnetwork``: Neural Subnetwork Ensembles (Whitaker, dissertation; Prune and Tune, SMD, SSA, Neural Partitioning).
 
-Recipe (methods.md section 2(a)):
+Recipe (Whitaker, "Neural Subnetwork Ensembles", arXiv 2311.14101, 2023; docs/methods/subnetwork.md):
 
 1. ``parent``: train the parent θ_P with the config's ``train`` section (data order of ``single``), or train 0
    epochs and load it in the stage's end hook from ``parent_run`` / ``parent_weights``.
@@ -55,7 +55,7 @@ class Subnetwork(Method):
     """Children sampled from one parent, perturbed (noise, masks or annealed masks) and briefly tuned."""
 
     Options = SubnetworkOptions
-    summary = "Neural Subnetwork Ensembles: perturbed, tuned children of one parent (Whitaker)"
+    summary = "Neural Subnetwork Ensembles: perturbed, tuned children of one parent (Whitaker, 2023)"
 
     def __init__(self, cfg, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
         super().__init__(cfg, num_classes, train_size, runs)

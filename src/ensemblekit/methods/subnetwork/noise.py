@@ -1,4 +1,4 @@
-"""Noisy children (Sparse Mutation Decompositions; methods.md section 2(a), family 1) and BN statistics refresh.
+"""Noisy children (Sparse Mutation Decompositions, Whitaker, arXiv 2302.05832, 2023) and BN statistics refresh.
 
 Mutation of the parent θ_P into child i, tensor by tensor (layer l, n_l entries):
 
@@ -6,12 +6,13 @@ Mutation of the parent θ_P into child i, tensor by tensor (layer l, n_l entries
 
 with m_i,l a {0,1} mask of exactly round(ρ·n_l) mutated entries (ρ = ``noise_density``; ρ = 1 is dense ES
 mutation, ρ = 0 leaves the parent unchanged). σ is relative to each tensor's own spread because weight scales
-differ by orders of magnitude between layers (methods.md 2(d).7). With ``decomposition`` the masks of a group of
+differ by orders of magnitude between layers. With ``decomposition`` the masks of a group of
 k children are a partition of the index set (child j mutates only chunk j; ρ = 1/k), the static subspace
 decomposition of SMD.
 
-BN refresh (optional, methods.md 2(d).7 **[U]**): reset the running statistics of every BatchNorm layer and
-re-estimate them as the cumulative average over ``batches`` training batches in train mode, without gradients.
+BN refresh (optional; the papers do not say whether they refresh; docs/methods/subnetwork.md): reset the running
+statistics of every BatchNorm layer and re-estimate them as the cumulative average over ``batches`` training batches in
+train mode, without gradients.
 """
 
 from __future__ import annotations

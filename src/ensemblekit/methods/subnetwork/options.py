@@ -1,4 +1,4 @@
-"""Options of ``method: subnetwork`` (every choice the sources leave open is one of them; methods.md section 2)."""
+"""Options of ``method: subnetwork``: every choice the sources leave open is an option (docs/methods/subnetwork.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Where a parent comes from: trained in the run, read from another run, or a user's weights file.
 
-A pre-trained model is a valid parent (methods.md section 2(a): "the parent may be a public pre-trained model").
+A pre-trained model is a valid parent (Whitaker, 2023;
+docs/methods/subnetwork.md).
 Two sources besides training:
 
 * ``parent_run: DIR``: a finished ensemblekit run whose ``model.pt`` holds one backbone of the same model
@@ -25,19 +26,6 @@ from ensemblekit.methods.base import RunReader
 from ensemblekit.training.checkpoint import load_checkpoint
 
 PARENT_PREFIXES = ("parent.", "members.0.")
-
-
-def plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state dict with masked weights as plain ``<layer>.weight`` (the effective, masked value)."""
-    out = {}
-    for key, value in module.state_dict().items():
-        if ".parametrizations.weight.original" in key or ".parametrizations.weight.0.mask" in key:
-            continue
-        out[key] = value
-    for name, layer in module.named_modules():
-        if hasattr(layer, "parametrizations") and "weight" in layer.parametrizations:
-            out[f"{name}.weight"] = layer.weight.detach().clone()
-    return out
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 MotherNets (Wasay et al., MLSys 2020) clusters the ensemble so that each MotherNet captures as much of its
 members' structure as possible; the paper states the goal, not the algorithm. We use the agglomerative rule of
-methods.md 3(a) step 2: start from K singletons and repeatedly merge the pair of clusters whose merged MotherNet
+docs/methods/mothernets.md: start from K singletons and repeatedly merge the pair of clusters whose merged MotherNet
 keeps the largest share of its members' parameters, |params(MotherNet(C_a ∪ C_b))| / mean_{A in C_a ∪ C_b}
 |params(A)|, until g clusters remain. Only compatible architectures (same family, block type, stage count;
 :func:`~.mother.mother_spec` succeeds) merge. Ties go to the pair with the smallest indices, so the result is

@@ -4,8 +4,8 @@
 :mod:`.hatch_densenet`); all transforms are Net2Net's function-preserving widening and deepening (Chen,
 Goodfellow & Shlens, "Net2Net: Accelerating Learning via Knowledge Transfer", ICLR 2016) plus kernel
 enlargement by zero padding, as used by MotherNets (Wasay et al., MLSys 2020). They are written here from the
-formulas (methods.md 3(a) step 5), not ported: public ports re-initialise new units, mis-centre identity kernels
-and copy BN statistics incompletely (methods.md 3(d).5).
+formulas (MotherNets step 5), not ported: public ports re-initialise new units, mis-centre identity kernels
+and copy BN statistics incompletely (docs/methods/mothernets.md).
 
 :func:`perturb_` then adds the symmetry-breaking noise of MotherNets' step 6: w <- w + N(0, (lambda * std(w))^2)
 for every conv and linear weight, with std(w) measured over the hatched tensor.

@@ -1,12 +1,12 @@
 """Hatch a DenseNet from a smaller one (MotherNets, Wasay et al., MLSys 2020; Net2Net, Chen et al. 2016).
 
-A dense block's input is the concatenation of the stem (or transition) output and every earlier layer's new
-channels, so its :class:`~.channel_map.ChannelMap` is the concatenation of one map per segment
-(:meth:`ChannelMap.cat`). Widening: every segment (stem, each layer's growth channels, each transition output,
-each bottleneck) gets its own Net2Net map; BNs on concatenated inputs copy statistics per channel. Deepening:
-member layers beyond the MotherNet's count in a block are appended at its end; their growth channels are *new*
-channels (map index -1) that every later consumer (dense layers, the transition, the head's classifier) reads
-with zero weight, so the function is unchanged whatever the new layer computes (design choice, methods.md 3(a)).
+A dense block's input is the concatenation of the stem (or transition) output and every earlier layer's new channels, so
+its :class:`~.channel_map.ChannelMap` is the concatenation of one map per segment (:meth:`ChannelMap.cat`). Widening:
+every segment (stem, each layer's growth channels, each transition output, each bottleneck) gets its own Net2Net map;
+BNs on concatenated inputs copy statistics per channel. Deepening: member layers beyond the MotherNet's count in a block
+are appended at its end; their growth channels are *new* channels (map index -1) that every later consumer (dense
+layers, the transition, the head's classifier) reads with zero weight, so the function is unchanged whatever the new
+layer computes (design choice, docs/methods/mothernets.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The MotherNet of a cluster of architectures: the per-position minimum of their specs.
 
-MotherNets (Wasay, Hentschel, Liao, Chen & Idreos, MLSys 2020), section "constructing the MotherNet": for
-every position the MotherNet keeps the *minimum* over the cluster's members of the number of layers (conv
-layers per VGG stage, residual blocks or dense layers per stage), of the width (filters, growth rate) and of
-the kernel size; input and output layers are those of the members. Layers are aligned from the start of each
-stage (methods.md 3(a)). Members must share the family, block type and number of stages (and the settings
-that fix the topology); :func:`check_hatchable` also checks that each member can be hatched from the result.
+MotherNets (Wasay, Hentschel, Liao, Chen & Idreos, MLSys 2020), section "constructing the MotherNet": for every position
+the MotherNet keeps the *minimum* over the cluster's members of the number of layers (conv layers per VGG stage,
+residual blocks or dense layers per stage), of the width (filters, growth rate) and of the kernel size; input and output
+layers are those of the members. Layers are aligned from the start of each stage (Wasay et al., 2020;
+docs/methods/mothernets.md). Members must share the family, block type and number of stages (and the settings that fix
+the topology); :func:`check_hatchable` also checks that each member can be hatched from the result.
 
 Example:
     >>> from ensemblekit.models.vgg import vgg_spec
