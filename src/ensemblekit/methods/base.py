@@ -88,7 +88,6 @@ class Method:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    combine: ClassVar[str] = "probs"
     summary: ClassVar[str] = ""
     requires: ClassVar[str] = "it needs an ensemblekit backbone (stem, stages, head and an architecture spec)"
     """What the method needs of a backbone, said when it refuses a custom model (README "Bring your own model")."""
@@ -126,7 +125,11 @@ class Method:
 
     # -- what subclasses implement -------------------------------------------------------------
     def build(self) -> Ensemble:
-        """Build the ensemble module with its final structure (stages only change values)."""
+        """Build the ensemble module with its final structure (stages only change values).
+
+        The ensemble carries its own combine rule (``Ensemble.combine``: ``probs`` unless the method's paper
+        averages logits, as fission does); nothing above the method changes it.
+        """
         raise NotImplementedError
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:

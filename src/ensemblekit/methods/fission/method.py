@@ -14,7 +14,7 @@ One backbone becomes a multi-exit network whose N exits form the ensemble:
    are per path (:mod:`ensemblekit.methods.fission.network`);
 4. train all exits jointly with L = Σ_i CE(z_i, y) + T² Σ_i KL(q_E ‖ softmax(z_i / T)), q_E the detached
    softmax(mean_i z_i / T) (``loss: kd``; ``ce`` drops the KL term);
-5. predict softmax(mean_i z_i) (``combine = "logits"``).
+5. predict softmax(mean_i z_i) (the built :class:`FissionNetwork` has ``combine = "logits"``).
 
 ``reference: official`` trains as the official code does (gradient-hook masks, independent inits, SNIP on a
 Xavier copy with NLL on raw logits, shortcuts ranked): :mod:`ensemblekit.methods.fission.official`.
@@ -140,7 +140,6 @@ class Fission(Method):
 
     name = "fission"
     Options = FissionOptions
-    combine = "logits"
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
     requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
 
