@@ -129,9 +129,9 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     }
     add_method_extras(record, method, ensemble, record_context(engine, record["costs"]))
     record["subnetwork"]["grown"] = [*old_record.get("subnetwork", {}).get("grown", []), {"children": children}]
+    validate_record(record)  # before anything is rewritten
     if fabric.global_rank == 0:
         save_model(model_path, new_cfg, ensemble, data)
-        validate_record(record)
         write_run_config(run_dir, new_cfg)
         write_json(run_dir / "metrics.json", record)
         stale = mark_stale(run_dir, f"computed before grow added {children} children to {old_members}")
