@@ -47,12 +47,16 @@ def _fission(**options):
 
 def test_grasp_scores_on_class_balanced_batches_and_snip_on_plain_ones():
     engine = _Engine(IMBALANCED)
-    batches = _fission(criterion="grasp", score_batches=2, grasp_samples_per_class=4).score_data(engine)
+    batches = _fission(criterion="grasp", score_batches=2, grasp_samples_per_class=4).score_data(
+        engine.sample_batches, engine.data.train.labels
+    )
     assert len(batches) == 2
     for _, labels in batches:
         assert torch.bincount(labels, minlength=10).tolist() == [4] * 10
     assert not torch.equal(engine.calls[0]["indices"], engine.calls[1]["indices"])  # one fresh draw per batch
     engine = _Engine(IMBALANCED)
-    snip = _fission(criterion="snip", score_batches=1, score_batch_size=64).score_data(engine)
+    snip = _fission(criterion="snip", score_batches=1, score_batch_size=64).score_data(
+        engine.sample_batches, engine.data.train.labels
+    )
     assert engine.calls == [{"num": 1, "seed": engine.calls[0]["seed"], "batch_size": 64, "indices": None}]
     assert len(snip[0][1]) == 64

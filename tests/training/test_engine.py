@@ -157,3 +157,40 @@ def test_on_accelerators_a_non_finite_loss_is_caught_without_per_step_syncs(tmp_
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["modules"]["ensemble"].values() if v.is_floating_point())
+
+
+def test_hooks_get_what_they_use_from_the_stage_context_not_the_engine():
+    from lightning.fabric import Fabric
+
+    from ensemblekit.data import load_data
+    from ensemblekit.metrics import TrainCostMeter
+    from ensemblekit.training.engine import Engine
+    from ensemblekit.training.stage import Stage, StageContext, StageHooks
+
+    data = load_data("synthetic", train_size=64, test_size=16)
+    meter = TrainCostMeter(1.0, 64)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    engine = Engine(Fabric(accelerator="cpu", devices=1), data, {"ensemble": net}, batch_size=16, cost_meter=meter)
+    seen = {}
+
+    def hook(ctx: StageContext) -> None:
+        seen.update(
+            meter=ctx.cost_meter,
+            shape=ctx.image_shape,
+            world=ctx.world_size,
+            labels=ctx.train_labels,
+            batches=ctx.sample_batches(2, 3, batch_size=8),
+            probs=ctx.member_probs(net, "test")[0].shape,
+            steps=ctx.steps_per_epoch(ctx.stage),
+        )
+        ctx.cost_meter.add_step(8, 5.0, backward=False)
+
+    engine.run([Stage(name="s", module=net, epochs=1, hooks=StageHooks(at_end=[hook]))])
+    assert not hasattr(StageContext, "engine") and "engine" not in StageContext.__dataclass_fields__
+    assert seen["meter"] is meter and meter.summary()["stages"]["s"]["images_seen"] == 64 + 8
+    assert seen["shape"] == (3, 32, 32) and seen["world"] == 1 and torch.equal(seen["labels"], data.train.labels)
+    assert [tuple(x.shape) for x, _ in seen["batches"]] == [(8, 3, 32, 32)] * 2
+    assert seen["probs"] == (1, 16, 10) and seen["steps"] == 64 // 16
+    bare = StageContext(stage=None, stage_index=0, ensemble=net, module=net)
+    with pytest.raises(RuntimeError, match="sample_batches is filled in by the engine"):
+        bare.sample_batches(1, 0)

@@ -30,64 +30,50 @@ from pathlib import Path
 from typing import Any
 
 from ensemblekit.metrics.sparse_costs import LEGACY_KEYS
+from ensemblekit.runs.record import columns
 
-# (column, path in metrics.json or in corruptions.json as "corruptions:<path>")
+CORRUPTION_COLUMNS: list[tuple[str, str, str, str]] = [
+    # (column, path in corruptions.json, header, format): ``evaluate --corruptions``, not metrics.json
+    ("corrupted_accuracy", "mean.accuracy", "c-acc %", "%"),
+    ("corrupted_nll", "mean.nll", "c-NLL", ".3f"),
+    ("corrupted_ece", "mean.ece", "c-ECE", ".3f"),
+]
+# (column, path in metrics.json or in corruptions.json as "corruptions:<path>"); the metrics.json columns come from
+# the record schema (ensemblekit.runs.record.RunRecord, the fields whose tables include "results")
 FIELDS: list[tuple[str, str]] = [
-    ("method", "method"),
-    ("members", "num_members"),
-    ("params", "costs.params"),
-    ("unique_params", "costs.unique_params"),
-    ("inference_params", "costs.inference_params"),
-    ("params_nonzero", "costs.params_nonzero"),
-    ("inference_flops_x_single", "costs.inference_flops_vs_single"),
-    ("inference_flops_sparse_x_single", "costs.inference_flops_sparse_vs_single"),
-    ("train_epoch_equivalents", "costs.train_epoch_equivalents"),
-    ("train_epoch_equivalents_sparse", "costs.train_epoch_equivalents_sparse"),
-    ("train_seconds", "costs.train_seconds"),
-    ("accuracy", "metrics.accuracy"),
-    ("nll", "metrics.nll"),
-    ("ece", "metrics.ece"),
-    ("brier", "metrics.brier"),
-    ("member_accuracy", "metrics.member_accuracy_mean"),
-    ("disagreement", "metrics.disagreement"),
-    ("normalized_disagreement", "metrics.normalized_disagreement"),
-    ("corrupted_accuracy", "corruptions:mean.accuracy"),
-    ("corrupted_nll", "corruptions:mean.nll"),
-    ("corrupted_ece", "corruptions:mean.ece"),
+    *((c.name, c.path) for c in columns("results")),
+    *((name, f"corruptions:{path}") for name, path, _, _ in CORRUPTION_COLUMNS),
 ]
 # computed by the suite (see the module docstring)
 DERIVED = ["budget", "overrun", "ensemble_gain", "time_x_single"]
 TEXT = ["method", "budget_unit", "control_of"]
 NUMERIC = [name for name, _ in FIELDS if name not in TEXT] + DERIVED
 CSV_COLUMNS = ["run", "seed", *(name for name, _ in FIELDS), "budget_unit", "control_of", *DERIVED]
-SCALED = ("inference_flops_x_single", "inference_flops_sparse_x_single", "train_epoch_equivalents",
-          "train_epoch_equivalents_sparse")  # fmt: skip
-SPARSE = ("params_nonzero", "inference_flops_sparse_x_single", "train_epoch_equivalents_sparse")
+SCALED = tuple(c.name for c in columns("results") if c.scaled)
+SPARSE = tuple(c.name for c in columns("results") if c.sparse)
 DEFAULT_TOLERANCE = 0.1
 
+SUITE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    # the derived columns of the Markdown table, each list after the record column it follows
+    "train_seconds": [
+        ("time x single", "time_x_single", ".2f"),
+        ("budget", "budget", "g"),
+        ("overrun", "overrun", "+%"),
+    ],
+    "accuracy": [("gain pt", "ensemble_gain", "pt")],
+}
+
+
+def _report_columns() -> list[tuple[str, str, str]]:
+    """The record schema's ``report`` columns, the suite's derived columns after them, the corruption columns last."""
+    out = []
+    for c in columns("report"):
+        out += [(c.label, c.name, c.format), *SUITE_COLUMNS.get(c.name, [])]
+    return out + [(header, name, spec) for name, _, header, spec in CORRUPTION_COLUMNS]
+
+
 # The Markdown table: (header, column, format; "%" = percent with 2 decimals, "+%" = signed percent, "pt" = points)
-TABLE: list[tuple[str, str, str]] = [
-    ("M", "members", "d"),
-    ("params used", "inference_params", ",.0f"),
-    ("nonzero params", "params_nonzero", ",.0f"),
-    ("FLOPs x single", "inference_flops_x_single", ".2f"),
-    ("sparse FLOPs x single", "inference_flops_sparse_x_single", ".2f"),
-    ("train epoch-eq", "train_epoch_equivalents", ".2f"),
-    ("sparse train epoch-eq", "train_epoch_equivalents_sparse", ".2f"),
-    ("train s", "train_seconds", ".0f"),
-    ("time x single", "time_x_single", ".2f"),
-    ("budget", "budget", "g"),
-    ("overrun", "overrun", "+%"),
-    ("acc %", "accuracy", "%"),
-    ("gain pt", "ensemble_gain", "pt"),
-    ("NLL", "nll", ".3f"),
-    ("ECE", "ece", ".3f"),
-    ("Brier", "brier", ".3f"),
-    ("disagree", "disagreement", ".3f"),
-    ("c-acc %", "corrupted_accuracy", "%"),
-    ("c-NLL", "corrupted_nll", ".3f"),
-    ("c-ECE", "corrupted_ece", ".3f"),
-]
+TABLE: list[tuple[str, str, str]] = _report_columns()
 BEST = {"accuracy": max, "nll": min, "ece": min, "brier": min, "corrupted_accuracy": max, "corrupted_nll": min,
         "corrupted_ece": min, "ensemble_gain": max}  # fmt: skip
 """Columns whose best value the report highlights, and whether best is the largest or the smallest."""
@@ -281,8 +267,8 @@ def _format(mean: float, std: float, spec: str, seeds: int) -> str:
         return f"{100 * mean:+.0f}%" + (f" ± {100 * std:.0f}" if seeds > 1 else "")
     if spec in ("%", "pt"):
         mean, std, spec = 100 * mean, 100 * std, "+.2f" if spec == "pt" else ".2f"
-    if spec == "d":
-        spec = ".0f"
+    if spec.endswith("d"):  # counts are means over seeds: no decimals
+        spec = spec[:-1] + ".0f"
     text = format(mean, spec)
     return f"{text} ± {format(std, spec.lstrip('+'))}" if seeds > 1 else text
 

@@ -8,24 +8,13 @@ from typing import Any
 from ensemblekit.bench.results import get_cost
 from ensemblekit.errors import shorten
 from ensemblekit.runs.directory import read_metrics
+from ensemblekit.runs.record import columns
 
 COLUMNS: list[tuple[str, str, str]] = [
-    # (header, path in metrics.json, format)
-    ("method", "method", "s"),
-    ("M", "num_members", "d"),
-    ("params", "costs.params", ",d"),
-    ("unique params", "costs.unique_params", ",d"),
-    ("params used", "costs.inference_params", ",d"),
-    ("FLOPs x single", "costs.inference_flops_vs_single", ".2f"),
-    ("train epoch-eq", "costs.train_epoch_equivalents", ".2f"),
-    ("train s", "costs.train_seconds", ".0f"),
-    ("acc %", "metrics.accuracy", "%"),
-    ("NLL", "metrics.nll", ".3f"),
-    ("ECE", "metrics.ece", ".3f"),
-    ("Brier", "metrics.brier", ".3f"),
-    ("member acc %", "metrics.member_accuracy_mean", "%"),
-    ("disagree", "metrics.disagreement", ".3f"),
-    ("Fort div", "metrics.normalized_disagreement", ".3f"),
+    # (header, path in metrics.json, format): the record schema's "compare" fields (ensemblekit.runs.record)
+    (c.label, c.path, c.format)
+    for c in columns("compare")
+    if not c.sparse
 ]
 
 
@@ -49,10 +38,10 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 SPARSE_COLUMNS: list[tuple[str, str, str]] = [
-    # the sparse-cost schema (ensemblekit.metrics.sparse_costs), shown when a run reports it
-    ("sparse FLOPs x single", "costs.inference_flops_sparse_vs_single", ".2f"),
-    ("nonzero params", "costs.params_nonzero", ",d"),
-    ("sparse train epoch-eq", "costs.train_epoch_equivalents_sparse", ".2f"),
+    # the sparse costs (ensemblekit.metrics.sparse_costs), shown when a run reports them
+    (c.label, c.path, c.format)
+    for c in columns("compare")
+    if c.sparse
 ]
 
 

@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -57,6 +59,24 @@ class RunReader(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RecordContext:
+    """What :meth:`Method.record_extras` sees of a finished training run (the run layer fills it in).
+
+    Attributes:
+        image_shape: ``(C, H, W)`` of the training images.
+        costs: The run's ``costs`` so far: the dense model costs and the training cost summary (``train_flops``,
+            ``train_epoch_equivalents``, ``stages`` with each stage's epoch equivalents, ...).
+        member_probs: ``(module, split) -> (probs [M, N, C], labels [N])`` on the ``test`` or ``val`` split.
+        steps_per_epoch: ``(stage) -> int``: optimiser steps one epoch of ``stage`` took (per process).
+    """
+
+    image_shape: tuple[int, ...]
+    costs: Mapping[str, Any]
+    member_probs: Callable[[nn.Module, str], tuple[torch.Tensor, torch.Tensor]]
+    steps_per_epoch: Callable[[Stage], int]
+
+
 class MethodOptions(BaseModel):
     """Options every method accepts; subclasses add theirs. Unknown options are refused."""
 
@@ -88,7 +108,6 @@ class Method:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    combine: ClassVar[str] = "probs"
     summary: ClassVar[str] = ""
     requires: ClassVar[str] = "it needs an ensemblekit backbone (stem, stages, head and an architecture spec)"
     """What the method needs of a backbone, said when it refuses a custom model (README "Bring your own model")."""
@@ -126,7 +145,11 @@ class Method:
 
     # -- what subclasses implement -------------------------------------------------------------
     def build(self) -> Ensemble:
-        """Build the ensemble module with its final structure (stages only change values)."""
+        """Build the ensemble module with its final structure (stages only change values).
+
+        The ensemble carries its own combine rule (``Ensemble.combine``: ``probs`` unless the method's paper
+        averages logits, as fission does); nothing above the method changes it.
+        """
         raise NotImplementedError
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
@@ -144,8 +167,14 @@ class Method:
         """
         return 1
 
-    def extra_costs(self, ensemble: Ensemble, image_shape: tuple[int, ...] = (3, 32, 32)) -> dict[str, Any]:
-        """Method-specific costs of the trained ensemble merged into ``metrics.json`` ``costs`` (e.g. sparse FLOPs)."""
+    def record_extras(self, ensemble: Ensemble, ctx: RecordContext) -> dict[str, Any]:
+        """What the method adds to the run record (``metrics.json``) of the trained ``ensemble``; ``{}`` by default.
+
+        The one extension point of the record (``train`` and ``grow`` call it). The returned dict is merged into
+        the record one level deep: a section the record has (``costs``) is updated key by key, any other key
+        (e.g. ``subnetwork``) becomes a section of its own. Every key is documented in
+        :class:`ensemblekit.runs.record.RunRecord` (sparse costs: :mod:`ensemblekit.metrics.sparse_costs`).
+        """
         return {}
 
     def sparse_nets(self, ensemble: Ensemble) -> list[nn.Module] | None:

@@ -161,7 +161,7 @@ class Distillation(HeterogeneousMembers):
 
     def _charge_teacher_run(self, ctx: StageContext) -> None:
         """Charge the teacher run's recorded training FLOPs and seconds to stage ``teacher`` (once)."""
-        meter = ctx.engine.cost_meter
+        meter = ctx.cost_meter
         if meter.summary()["stages"].get("teacher", {}).get("train_flops", 0.0) > 0:
             return  # already charged (the hook re-runs after a resume)
         path = Path(self.options.teacher_run) / "metrics.json"

@@ -194,10 +194,9 @@ class MotherNets(HeterogeneousMembers):
             member = ensemble.members[i]
             gen = torch.Generator().manual_seed(self.hatch_seed(i))
             new_bns = hatch(mother, member, gen)
-            if new_bns and self.options.bn_batches and ctx.engine is not None:
-                batches = [x for x, _ in ctx.engine.sample_batches(self.options.bn_batches, self.hatch_seed(i))]
+            if new_bns and self.options.bn_batches and ctx.cost_meter is not None:  # inside the engine
+                batches = [x for x, _ in ctx.sample_batches(self.options.bn_batches, self.hatch_seed(i))]
                 refine_identity_bns(member, new_bns, batches)
                 flops = inference_flops(member, (1, *batches[0].shape[1:]))
-                world = ctx.engine.fabric.world_size
-                ctx.engine.cost_meter.add_step(sum(len(x) for x in batches) * world, flops, backward=False)
+                ctx.cost_meter.add_step(sum(len(x) for x in batches) * ctx.world_size, flops, backward=False)
             perturb_(member, self.options.noise, gen)

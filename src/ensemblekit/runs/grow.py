@@ -29,6 +29,7 @@ from ensemblekit.runs.extend import mark_stale
 from ensemblekit.runs.fabric import make_engine, make_fabric
 from ensemblekit.runs.loading import build_ensemble, check_model_identity, load_run_data, save_model
 from ensemblekit.runs.lock import run_lock
+from ensemblekit.runs.record import add_method_extras, record_context, validate_record
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.logs import RunLogger
 
@@ -126,8 +127,9 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
         },
         "history": history,
     }
-    method.update_record(record, ensemble, engine)
+    add_method_extras(record, method, ensemble, record_context(engine, record["costs"]))
     record["subnetwork"]["grown"] = [*old_record.get("subnetwork", {}).get("grown", []), {"children": children}]
+    validate_record(record)  # before anything is rewritten
     if fabric.global_rank == 0:
         save_model(model_path, new_cfg, ensemble, data)
         write_run_config(run_dir, new_cfg)

@@ -58,8 +58,6 @@ def build_ensemble(cfg: Config, num_classes: int, train_size: int) -> tuple[Meth
         ensemble = method.build()
     finally:
         torch.set_rng_state(state)
-    if method.combine != "probs":
-        ensemble.combine = method.combine
     if cfg.train.replica_batch_size:
         for module in method.state_modules(ensemble).values():
             use_replica_batchnorm(module, cfg.train.replica_batch_size, method.batch_tile())

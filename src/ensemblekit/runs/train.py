@@ -25,6 +25,7 @@ from ensemblekit.runs.extend import check_resume_config, mark_stale, rewind_fini
 from ensemblekit.runs.fabric import make_engine, make_fabric
 from ensemblekit.runs.loading import build_ensemble, load_run_data, save_model
 from ensemblekit.runs.lock import run_lock
+from ensemblekit.runs.record import add_method_extras, record_context, validate_record
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.logs import RunLogger, check_logger_available
 from ensemblekit.training.packed_members import pack_member_stages, repack_like
@@ -133,7 +134,6 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
             "train_seconds": train_costs["train_seconds"],
             "images_seen": train_costs["images_seen"],
             "stages": train_costs["stages"],
-            **method.extra_costs(ensemble, tuple(data.train.images.shape[1:])),
         },
         "data": {
             "train_size": len(data.train.labels),
@@ -142,10 +142,10 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
             "source": data.source,
         },
     }
-    if hasattr(method, "update_record"):  # method-specific entries (e.g. sparse costs of subnetwork children)
-        method.update_record(record, ensemble, engine)
+    add_method_extras(record, method, ensemble, record_context(engine, record["costs"]))
     if fabric.global_rank == 0:
         save_model(run_dir / "model.pt", cfg, ensemble, data)
+        validate_record(record)  # the schema of metrics.json (runs/record.py)
         write_json(run_dir / "metrics.json", record)
         engine.logger.event("train_end", metrics=result["metrics"])
     return record

@@ -253,6 +253,29 @@ class Engine:
             batches.append((x, y))
         return batches
 
+    def steps_per_epoch(self, stage: Stage) -> int:
+        """Optimiser steps one epoch of ``stage`` takes in this process (``max_steps_per_epoch`` applied)."""
+        steps = len(self.train_loader(stage))
+        return steps if self.max_steps_per_epoch is None else min(steps, self.max_steps_per_epoch)
+
+    def stage_context(self, stage: Stage, index: int) -> StageContext:
+        """The context ``stage``'s hooks get: its place in the run and what hooks use of the engine."""
+        return StageContext(
+            stage=stage,
+            stage_index=index,
+            ensemble=self.modules["ensemble"],
+            module=stage.module,
+            cost_meter=self.cost_meter,
+            image_shape=tuple(self.data.train.images.shape[1:]),
+            world_size=self.fabric.world_size,
+            train_labels=self.data.train.labels,
+            sample_batches=self.sample_batches,
+            member_probs=self.member_probs,
+            steps_per_epoch=self.steps_per_epoch,
+            sync_buffers=self.sync_buffers,
+            log_event=lambda name, **fields: self.logger.event(name, **fields),
+        )
+
     def member_probs(self, module: nn.Module, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         """Probabilities ``[M, N, C]`` and labels of ``module`` on ``split`` (``test`` or ``val``)."""
         data = self.data.test if split == "test" else self.data.val
@@ -336,9 +359,7 @@ class Engine:
         fabric = self.fabric
         optimizer = scheduler = None
         module = stage.module
-        ctx = StageContext(
-            stage=stage, stage_index=index, ensemble=self.modules["ensemble"], module=module, engine=self
-        )
+        ctx = self.stage_context(stage, index)
         self.cost_meter.start_stage(stage.name)
         self.stopper = PlateauStopper(stage.stop) if stage.stop is not None else None
         if self.stopper is not None and saved is not None and saved.get("stop") is not None:

@@ -17,7 +17,7 @@ import torch
 from ensemblekit.metrics import ensemble_metrics
 from ensemblekit.training.optim import build_optimizer, build_scheduler
 from ensemblekit.training.packed_members import MemberPack, packed_member_losses
-from ensemblekit.training.stage import Stage, StageContext
+from ensemblekit.training.stage import Stage
 from ensemblekit.training.steps import FINITE_CHECK_EVERY, TrainingInterrupted, measure_stage_flops
 
 if TYPE_CHECKING:
@@ -30,9 +30,7 @@ def run_packed_stage(
     """Train the members of ``stage.packed`` together (see :mod:`ensemblekit.training.packed_members`)."""
     members = stage.packed or []
     fabric = engine.fabric
-    ctx = StageContext(
-        stage=stage, stage_index=index, ensemble=engine.modules["ensemble"], module=stage.module, engine=engine
-    )
+    ctx = engine.stage_context(stage, index)
     engine.logger.event("stage_start", stage=stage.name, index=index, epochs=stage.epochs, start_epoch=start_epoch)
     if start_epoch < stage.epochs:
         loaders = [engine.train_loader(s) for s in members]

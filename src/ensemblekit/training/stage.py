@@ -66,9 +66,34 @@ class ScheduleSpec:
     course_epochs: float | None = None
 
 
+def _needs_engine(what: str) -> Callable[..., Any]:
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"StageContext.{what} is filled in by the engine; this context was built without one")
+
+    return missing
+
+
 @dataclass
 class StageContext:
-    """What hooks see: the engine fills it in as the stage runs."""
+    """What hooks see: the engine fills it in as the stage runs (``Engine.stage_context``).
+
+    Besides where the stage is (``epoch``, ``step``, ``global_step``, ``loss``), it carries what hooks use of the
+    engine, so methods never hold the engine itself:
+
+    Attributes:
+        cost_meter: The run's :class:`~ensemblekit.metrics.TrainCostMeter`; hooks charge the work they do outside
+            optimiser steps to it (``add_step``, ``add_time``, ``timer``). ``None`` outside the engine.
+        image_shape: ``(C, H, W)`` of the training images.
+        world_size: Processes training together (DDP); 1 otherwise.
+        train_labels: Labels ``[N]`` of the training set (class-balanced samples).
+        sample_batches: ``(num_batches, seed, *, batch_size=None, augment=None, indices=None) -> [(x, y), ...]``:
+            training batches on the device, a pure function of ``seed``
+            (:meth:`~ensemblekit.training.engine.Engine.sample_batches`).
+        member_probs: ``(module, split) -> (probs [M, N, C], labels [N])`` on the ``test`` or ``val`` split.
+        steps_per_epoch: ``(stage) -> int``: optimiser steps one epoch of ``stage`` takes (per process).
+        sync_buffers: ``() -> None``: every process takes rank 0's buffers (masks, BN statistics).
+        log_event: ``(name, **fields) -> None``: an entry in the run's ``events.jsonl``.
+    """
 
     stage: Stage
     stage_index: int
@@ -79,7 +104,19 @@ class StageContext:
     step: int = 0
     global_step: int = 0
     loss: float | None = None
-    engine: Any = None
+    cost_meter: Any = None
+    image_shape: tuple[int, ...] = (3, 32, 32)
+    world_size: int = 1
+    train_labels: torch.Tensor | None = None
+    sample_batches: Callable[..., list[tuple[torch.Tensor, torch.Tensor]]] = field(
+        default_factory=lambda: _needs_engine("sample_batches")
+    )
+    member_probs: Callable[[nn.Module, str], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=lambda: _needs_engine("member_probs")
+    )
+    steps_per_epoch: Callable[[Stage], int] = field(default_factory=lambda: _needs_engine("steps_per_epoch"))
+    sync_buffers: Callable[[], None] = lambda: None
+    log_event: Callable[..., None] = lambda name, **fields: None
 
 
 Hook = Callable[[StageContext], None]

@@ -14,7 +14,7 @@ One backbone becomes a multi-exit network whose N exits form the ensemble:
    are per path (:mod:`ensemblekit.methods.fission.network`);
 4. train all exits jointly with L = Σ_i CE(z_i, y) + T² Σ_i KL(q_E ‖ softmax(z_i / T)), q_E the detached
    softmax(mean_i z_i / T) (``loss: kd``; ``ce`` drops the KL term);
-5. predict softmax(mean_i z_i) (``combine = "logits"``).
+5. predict softmax(mean_i z_i) (the built :class:`FissionNetwork` has ``combine = "logits"``).
 
 ``reference: official`` trains as the official code does (gradient-hook masks, independent inits, SNIP on a
 Xavier copy with NLL on raw logits, shortcuts ranked): :mod:`ensemblekit.methods.fission.official`.
@@ -34,7 +34,7 @@ from torch import nn
 
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, RecordContext
 from ensemblekit.methods.fission.build import (
     check_exits,
     masked_fission,
@@ -139,7 +139,6 @@ class Fission(Method):
     """Prune at init, group the surviving weights among N paths of a multi-exit network, distil among exits."""
 
     Options = FissionOptions
-    combine = "logits"
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
     requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
 
@@ -226,34 +225,36 @@ class Fission(Method):
             report["fission_density"] = {n: r["density"] for n, r in density_report(ensemble).items()}
         return report
 
-    def score_data(self, engine) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def score_data(self, sample_batches, train_labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The training batches SNIP / GraSP score on (seeded by ``train.seed``).
 
         SNIP: ``score_batches`` shuffled batches of ``score_batch_size``. GraSP: ``score_batches`` class-balanced
         batches of ``grasp_samples_per_class`` examples of every class each (Wang, Zhang & Grosse, ICLR 2020;
         :func:`ensemblekit.pruning.score_data.class_balanced_indices`).
+
+        Args:
+            sample_batches: Draws training batches (:attr:`~ensemblekit.training.stage.StageContext.sample_batches`).
+            train_labels: Labels of the training set (for the class-balanced GraSP batches).
         """
         o, seed = self.options, self.cfg.train.seed + 7
         if o.criterion != "grasp":
-            return engine.sample_batches(o.score_batches, seed, batch_size=o.score_batch_size)
+            return sample_batches(o.score_batches, seed, batch_size=o.score_batch_size)
         batches = []
         for k in range(o.score_batches):
             rows = class_balanced_indices(
-                engine.data.train.labels, o.grasp_samples_per_class, torch.Generator().manual_seed(seed + k)
+                train_labels, o.grasp_samples_per_class, torch.Generator().manual_seed(seed + k)
             )
-            batches += engine.sample_batches(1, seed + k, batch_size=len(rows), indices=rows)
+            batches += sample_batches(1, seed + k, batch_size=len(rows), indices=rows)
         return batches
 
     def _prune_hook(self, ctx: StageContext) -> None:
-        engine, o = ctx.engine, self.options
-        meter = engine.cost_meter
-        image_shape = tuple(engine.data.train.images.shape[1:])
+        o, meter, image_shape = self.options, ctx.cost_meter, ctx.image_shape
         with meter.timer():
             batches = []
             if o.criterion in DATA_CRITERIA and not (o.grouping == "channels" and o.path_init == "independent"):
-                batches = self.score_data(engine)
+                batches = self.score_data(ctx.sample_batches, ctx.train_labels)
             report = self.apply_fission(ctx.ensemble, batches, image_shape)
-            engine.sync_buffers()  # DDP: every rank takes rank 0's masks (its batches differ per rank)
+            ctx.sync_buffers()  # DDP: every rank takes rank 0's masks (its batches differ per rank)
         images = sum(len(x) for x, _ in batches)
         steps = {"snip": 1, "grasp": 3}.get(o.criterion, 0)
         for _ in range(steps):  # SNIP: one forward+backward per image; GraSP: g, then H g (about two more)
@@ -261,7 +262,7 @@ class Fission(Method):
         if o.criterion == "synflow" and report.get("criterion"):
             meter.add_step(o.synflow_rounds, meter.single_forward_flops)
         report.update(self.pruning_report_costs(ctx.ensemble, image_shape))
-        engine.logger.event("pruning", **report)
+        ctx.log_event("pruning", **report)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
         o = self.options
@@ -284,17 +285,17 @@ class Fission(Method):
             "params": count_parameters(ensemble)["params"],
         }
 
-    def update_record(self, record: dict[str, Any], ensemble: Ensemble, engine) -> None:
-        """Add the sparse costs (:mod:`ensemblekit.metrics.sparse_costs`) to ``metrics.json``'s record.
+    def record_extras(self, ensemble: Ensemble, ctx: RecordContext) -> dict[str, Any]:
+        """The sparse costs (:mod:`ensemblekit.metrics.sparse_costs`) of the pruned network, under ``costs``.
 
         The ``train`` stage runs the pruned network, so with zero-skipping kernels its FLOPs scale by
         f = inference_flops_sparse / inference_flops (forward and both backward products skip the same zero
         weights); the ``prune`` stage scores the dense backbone (f = 1).
         """
-        costs = record["costs"]
-        costs.update(sparse_model_costs([ensemble], costs, (1, *engine.data.train.images.shape[1:])))
-        fraction = costs["inference_flops_sparse"] / costs["inference_flops"]
-        costs[SPARSE_TRAIN_KEY] = sparse_epoch_equivalents(costs["stages"], {"train": fraction})
+        sparse = sparse_model_costs([ensemble], ctx.costs, (1, *ctx.image_shape))
+        fraction = sparse["inference_flops_sparse"] / ctx.costs["inference_flops"]
+        sparse[SPARSE_TRAIN_KEY] = sparse_epoch_equivalents(ctx.costs["stages"], {"train": fraction})
+        return {"costs": sparse}
 
     def estimate_sparsity(self, ensemble: Ensemble, image_shape: tuple[int, ...]) -> str:
         """Run the prune stage on a freshly built ensemble for ``describe``; SNIP/GraSP score random batches.

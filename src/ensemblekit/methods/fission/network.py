@@ -12,7 +12,8 @@ traverse it; every path has its own head. For K = 3, N = 3 (the official ``train
 
 Layout: ``stages[s]`` (0-based) is an ``nn.ModuleList`` of min(s + 1, N) copies; path p runs copy p of stage s
 when p <= s and the main path's copy 0 before it branches. ``forward`` returns the exit logits ``[N, B, C]``
-(the method declares ``combine = "logits"``: p̃ = softmax(mean_i z_i)).
+and the network combines them by averaging logits (``combine = "logits"``: p̃ = softmax(mean_i z_i), as NFE's
+evaluation does).
 
 ``path_execution`` (``auto`` | ``loop`` | ``packed``) chooses how the copies of a stage run: one after another,
 or as one batched pass over stacked parameters (:mod:`ensemblekit.methods.fission.packed_paths`); ``auto``
@@ -49,6 +50,8 @@ class FissionNetwork(Ensemble):
         heads: One classifier head per path (N heads).
         path_execution: ``loop``, ``packed`` or ``auto`` (packed on CUDA): see the module docstring.
     """
+
+    combine = "logits"  # NFE averages the exits' logits: p̃ = softmax(mean_i z_i) (Lee & Lee, 2024)
 
     def __init__(
         self,

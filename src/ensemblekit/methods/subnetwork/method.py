@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method, RunReader
+from ensemblekit.methods.base import METHODS, Method, RecordContext, RunReader
 from ensemblekit.methods.subnetwork import anneal, noise
 from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
 from ensemblekit.methods.subnetwork.options import MASKED_FAMILIES, SubnetworkOptions, group_size
@@ -220,12 +221,12 @@ class Subnetwork(Method):
             elif o.family == "sparse":
                 set_masks(child, self.child_masks(i, ensemble))
             else:
-                steps = self._anneal_steps(ctx.engine, tune)
+                steps = self._anneal_steps(ctx.steps_per_epoch, tune)
                 set_masks(child, anneal.sample_masks(self.child_masks(i, ensemble), 0, steps, *self._anneal_args(i)))
             if o.bn_refresh_batches > 0:
-                batches = ctx.engine.sample_batches(o.bn_refresh_batches, seed=self._seed(5, i))
+                batches = ctx.sample_batches(o.bn_refresh_batches, seed=self._seed(5, i))
                 images = noise.refresh_bn(child, batches)
-                ctx.engine.cost_meter.add_step(images, self._child_flops(child, ctx.engine), backward=False)
+                ctx.cost_meter.add_step(images, _child_flops(child, ctx.image_shape), backward=False)
 
         return make
 
@@ -250,13 +251,9 @@ class Subnetwork(Method):
         o = self.opts
         return o.anneal_p0, o.anneal_schedule, self._seed(7, i)
 
-    def _anneal_steps(self, engine, tune: Stage) -> int:
-        return round(self.opts.anneal_fraction * self._steps_per_epoch(engine, tune) * tune.epochs)
-
-    @staticmethod
-    def _steps_per_epoch(engine, stage: Stage) -> int:
-        steps = len(engine.train_loader(stage))
-        return steps if engine.max_steps_per_epoch is None else min(steps, engine.max_steps_per_epoch)
+    def _anneal_steps(self, steps_per_epoch: Callable[[Stage], int], tune: Stage) -> int:
+        """T_a = round(anneal_fraction · steps of the tuning stage)."""
+        return round(self.opts.anneal_fraction * steps_per_epoch(tune) * tune.epochs)
 
     def _annealer(self, i: int, tune: Stage):
         cache: dict = {}
@@ -264,7 +261,7 @@ class Subnetwork(Method):
         def resample(ctx: StageContext) -> None:
             ensemble = ctx.ensemble
             if "steps" not in cache:
-                cache["steps"] = self._anneal_steps(ctx.engine, tune)
+                cache["steps"] = self._anneal_steps(ctx.steps_per_epoch, tune)
             steps = cache["steps"]
             if ctx.global_step > steps:
                 return  # the target mask has been in place since step T_a
@@ -282,37 +279,32 @@ class Subnetwork(Method):
 
         return finish
 
-    @staticmethod
-    def _shape(engine) -> tuple[int, ...]:
-        return (1, *engine.data.train.images.shape[1:])
-
-    def _child_flops(self, child: nn.Module, engine) -> float:
-        return float(inference_flops(child, self._shape(engine)))
-
     def _select(self, ctx: StageContext) -> None:
         ensemble: SubnetworkEnsemble = ctx.ensemble  # type: ignore[assignment]
         o = self.opts
         scores = []
         for child in ensemble.child_nets:
-            probs, labels = ctx.engine.member_probs(child, "val")
+            probs, labels = ctx.member_probs(child, "val")
             m = ensemble_metrics(probs, labels)
             scores.append(m["accuracy"] if o.select_by == "val_accuracy" else -m["nll"])
-            ctx.engine.cost_meter.add_step(len(labels), self._child_flops(child, ctx.engine), backward=False)
+            ctx.cost_meter.add_step(len(labels), _child_flops(child, ctx.image_shape), backward=False)
         ranked = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[: o.members]
         ensemble.selected.copy_(torch.tensor(sorted(ranked), dtype=torch.long))
         signed = [s if o.select_by == "val_accuracy" else -s for s in scores]
         ensemble.val_scores.copy_(torch.tensor(signed, dtype=torch.float64))
 
     # ------------------------------------------------------------------ reporting
-    def mean_density_factor(self, i: int, engine, ensemble: SubnetworkEnsemble) -> float:
+    def mean_density_factor(
+        self, i: int, steps_per_epoch: Callable[[Stage], int], ensemble: SubnetworkEnsemble
+    ) -> float:
         """Mean over tuning steps of the fraction of non-target weights that were sampled (SSA); else 0."""
         if self.opts.family != "stochastic":
             return 0.0
         tune = next(s for s in self.child_stages(ensemble, [i]) if s.name == f"child_{i}")
-        total = self._steps_per_epoch(engine, tune) * tune.epochs
+        total = steps_per_epoch(tune) * tune.epochs
         if total == 0:
             return 0.0
-        steps = self._anneal_steps(engine, tune)
+        steps = self._anneal_steps(steps_per_epoch, tune)
         p0, schedule, _ = self._anneal_args(i)
         return sum(anneal.keep_probability(t, steps, p0, schedule) for t in range(total)) / total
 
@@ -334,28 +326,36 @@ class Subnetwork(Method):
             set_masks(ensemble.child_nets[i], self.child_masks(i, ensemble))
         return f"exact: the children's {o.masks} masks (layer-wise counts)"
 
-    def child_sparse_fraction(self, i: int, engine, ensemble: SubnetworkEnsemble, shape) -> float:
+    def child_sparse_fraction(
+        self, i: int, steps_per_epoch: Callable[[Stage], int], ensemble: SubnetworkEnsemble, shape: tuple[int, ...]
+    ) -> float:
         """The sparse fraction f of child i's tuning stage: 1 − (1 − ē)·Σ_l (F_l − F_l^nz) / F_child.
 
         ē is the mean fraction of non-target weights sampled during tuning (SSA, :meth:`mean_density_factor`;
         0 otherwise), so a 50 %-sparse child epoch counts 0.5 (Whitaker's survey accounting).
         """
         child = ensemble.child_nets[i]
-        extra = self.mean_density_factor(i, engine, ensemble)
+        extra = self.mean_density_factor(i, steps_per_epoch, ensemble)
         return 1.0 - (1.0 - extra) * skipped_flops(child, shape) / float(inference_flops(child, shape))
 
-    def update_record(self, record: dict[str, Any], ensemble: SubnetworkEnsemble, engine) -> None:
-        """Add sparse costs, the parent's own test metrics and the selection to ``metrics.json``'s record."""
-        costs = record["costs"]
-        shape = self._shape(engine)
-        costs.update(sparse_model_costs(self.sparse_nets(ensemble), costs, shape))
+    def record_extras(self, ensemble: SubnetworkEnsemble, ctx: RecordContext) -> dict[str, Any]:
+        """The sparse costs, and a ``subnetwork`` section: the parent's own test metrics, the selection, densities.
+
+        ``costs``: :func:`~ensemblekit.metrics.sparse_costs.sparse_model_costs` of the member children and
+        ``train_epoch_equivalents_sparse`` with every tuning stage scaled by :meth:`child_sparse_fraction`.
+        """
+        costs = ctx.costs
+        shape = (1, *ctx.image_shape)
+        sparse = sparse_model_costs(self.sparse_nets(ensemble), costs, shape)
         tuned = [n for n in costs["stages"] if n.startswith("child_") and not n.endswith("_make")]
-        fractions = {n: self.child_sparse_fraction(int(n.split("_")[1]), engine, ensemble, shape) for n in tuned}
-        costs[SPARSE_TRAIN_KEY] = sparse_epoch_equivalents(costs["stages"], fractions)
-        parent_probs, labels = engine.member_probs(ensemble.parent, "test")
+        fractions = {
+            n: self.child_sparse_fraction(int(n.split("_")[1]), ctx.steps_per_epoch, ensemble, shape) for n in tuned
+        }
+        sparse[SPARSE_TRAIN_KEY] = sparse_epoch_equivalents(costs["stages"], fractions)
+        parent_probs, labels = ctx.member_probs(ensemble.parent, "test")
         parent = ensemble_metrics(parent_probs, labels)
         o = self.opts
-        record["subnetwork"] = {
+        section = {
             "family": o.family,
             "masks": o.masks if o.family in MASKED_FAMILIES else None,
             "candidates": self.candidates,
@@ -367,6 +367,11 @@ class Subnetwork(Method):
             "parent_test": {k: parent[k] for k in ("accuracy", "nll", "ece", "brier")},
             "child_density": [_density(net) for net in (ensemble.child_nets[i] for i in ensemble.selected.tolist())],
         }
+        return {"costs": sparse, "subnetwork": section}
+
+
+def _child_flops(child: nn.Module, image_shape: tuple[int, ...]) -> float:
+    return float(inference_flops(child, (1, *image_shape)))
 
 
 def _density(net: nn.Module) -> float:

@@ -135,8 +135,8 @@ def parent_loader(
                 spent = costs.get("stages", {}).get("parent", costs)  # a subnetwork run: its parent stage only
                 flops, images = float(spent.get("train_flops", 0.0)), int(spent.get("images_seen", 0))
                 if images > 0:
-                    ctx.engine.cost_meter.add_step(images, flops / (3.0 * images))
-                ctx.engine.cost_meter.add_time(float(spent.get("train_seconds", 0.0)))
+                    ctx.cost_meter.add_step(images, flops / (3.0 * images))
+                ctx.cost_meter.add_time(float(spent.get("train_seconds", 0.0)))
         else:
             try:
                 state = read_parent_weights(weights)
