@@ -1,7 +1,8 @@
 import pytest
 
-from ensemblekit.config import Config, apply_overrides, load_config, parse_override
+from ensemblekit.config import Config, apply_overrides, parse_override
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import load_config
 
 
 def test_defaults_match_the_documented_schema():

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 import ensemblekit
-from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.data.images import images_to_tensor, resize_and_crop
 from ensemblekit.errors import UserError
 from ensemblekit.evaluation.loading import load_run
 from ensemblekit.predictor import uncertainty
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runner import train
 from ensemblekit.training.checkpoint import atomic_torch_save, load_checkpoint
 from tests.conftest import run_cli, tiny_config

@@ -208,7 +208,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ensemblekit.config import load_config
+    from ensemblekit.resolve import load_config
     from ensemblekit.runner import default_out_dir, train
 
     cfg = load_config(args.config, args.overrides)
@@ -291,7 +291,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from ensemblekit.config import load_config
+    from ensemblekit.resolve import load_config
     from ensemblekit.runner import describe
 
     info = describe(load_config(args.config, args.overrides))

@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from ensemblekit.config import Config, config_from_dict, config_to_dict, read_yaml
+from ensemblekit.config import Config, config_to_dict, read_yaml
 from ensemblekit.errors import UserError, one_line
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.run_lock import LOCK_NAME
 from ensemblekit.training.checkpoint import atomic_write_bytes, temp_name_pattern
 

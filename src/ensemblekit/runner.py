@@ -32,6 +32,7 @@ from ensemblekit.metrics import (
 )
 from ensemblekit.metrics.costs import inference_parameter_count
 from ensemblekit.metrics.sparse_costs import sparse_model_costs
+from ensemblekit.resolve import resolve_method_section
 from ensemblekit.run_dir import (
     checkpoint_path,
     prepare_run_dir,
@@ -370,6 +371,8 @@ def check_model_identity(path: Path, state: dict[str, Any], cfg: Config) -> None
     """
     current = model_identity(cfg)
     saved = state.get("identity")
+    if isinstance(saved, dict) and isinstance(saved.get("method"), dict):  # recorded before options were resolved
+        saved = {**saved, "method": resolve_method_section(saved["method"])}
     if saved is None:
         saved = {"method": {"name": state.get("method")}, "model": {"name": state.get("backbone")}}
         current = {"method": {"name": cfg.method.name}, "model": {"name": cfg.model.name}}

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ensemblekit.config import Config, config_from_dict, config_to_dict, load_config
+from ensemblekit.config import Config, config_to_dict
 from ensemblekit.data import DataBundle, ImageTensors
 from ensemblekit.data.images import images_to_tensor
 from ensemblekit.data.stats import channel_stats
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict, load_config
 
 MEMORY = "memory"
 """The data-set name recorded for data given from Python."""

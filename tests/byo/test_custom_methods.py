@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import METHODS
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runner import build_ensemble, train
 from tests.byo.custom_nets import TinyCNN
 from tests.conftest import tiny_config

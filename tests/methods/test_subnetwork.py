@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.methods.subnetwork import anneal
 from ensemblekit.methods.subnetwork.grow import grow
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import masked_layers, prunable_layers
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.run_dir import read_run_config
 from ensemblekit.runner import describe, train
 from ensemblekit.training.optim import build_optimizer, build_scheduler, default_param_groups

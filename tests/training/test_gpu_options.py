@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runner import (
     eval_autocast_dtype,
     train,

@@ -33,8 +33,8 @@ from ensemblekit.bench.budget import RecipeCost, equal_flops_width, fit_epochs
 from ensemblekit.bench.executors import SuiteTask, check_executor, connect_ray, run_tasks
 from ensemblekit.bench.suite import Suite, SuiteRun, load_suite, select_runs
 from ensemblekit.bench.suite_status import assemble_status, has_entries, read_status, run_dir_of, write_status
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.run_dir import checkpoint_path, holds_run, read_run_config
 from ensemblekit.run_lock import LOCK_NAME, run_lock
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
-from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, format_validation_error
+from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, validation_error
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, config_error
 from ensemblekit.models import create_model, list_models
 from ensemblekit.registry import Registry
 from ensemblekit.training.stage import Stage
@@ -53,8 +54,12 @@ class MethodOptions(BaseModel):
 class Method:
     """Base class of every method.
 
+    Its options are validated once, when the config is loaded (:mod:`ensemblekit.resolve`): the ``Options``
+    model checks them among themselves, :meth:`check_config` against the other sections. The method receives
+    them resolved (``cfg.method.resolved_options()``) as ``self.options`` and never raises a config error.
+
     Args:
-        cfg: The validated run configuration.
+        cfg: The resolved run configuration.
         num_classes: Number of classes of the data set.
         train_size: Number of training images (for budgets and bootstrap samples).
     """
@@ -70,7 +75,10 @@ class Method:
         self.cfg = cfg
         self.num_classes = num_classes
         self.train_size = train_size
-        self.options = self.parse_options(cfg.method.options())
+        options = cfg.method.resolved_options()
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} needs {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any]) -> MethodOptions:
@@ -82,10 +90,17 @@ class Method:
             field = ".".join(str(p) for p in first["loc"])
             if first["type"] == "extra_forbidden":
                 valid = ", ".join(sorted(cls.Options.model_fields))
-                raise UserError(
-                    f"config error: method.{field}: unknown option for {cls.name} (valid: {valid})"
-                ) from None
-            raise UserError(format_validation_error(err, prefix="method.")) from None
+                raise config_error(f"method.{field}", f"unknown option for {cls.name} (valid: {valid})") from None
+            raise validation_error(err, prefix="method.") from None
+
+    @classmethod
+    def check_config(cls, cfg: Config, options: MethodOptions) -> None:
+        """Check the options against the other sections (``data``, ``model``, ``train``); none by default.
+
+        Called when the config is loaded, before any data: a method whose options must agree with another
+        section raises :func:`~ensemblekit.errors.config_error` here (checks among the options themselves are
+        validators of its ``Options`` model).
+        """
 
     @classmethod
     def inference_config(cls, cfg: Config) -> Config:
@@ -211,6 +226,22 @@ def is_backbone_builder(name: str) -> bool:
     from ensemblekit.models import MODELS
 
     return "layers" in _parameters(MODELS.get(name))
+
+
+def meta_backbone(cfg: Config) -> nn.Module | None:
+    """The configured built-in backbone, built on the meta device, for checks of its structure at config load.
+
+    No memory, no data and no draw from the global RNG; ``None`` for a custom model (``model.factory`` or a
+    registered non-built-in name), whose structure a method checks when it builds it.
+    """
+    m = cfg.model
+    if m.factory is not None or m.name not in BUILTIN_MODELS:
+        return None
+    kwargs: dict[str, Any] = dict(m.kwargs)
+    if m.width is not None:
+        kwargs["width"] = m.width
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return create_model(m.name, num_classes=2, **kwargs)
 
 
 def build_method(cfg: Config, num_classes: int, train_size: int) -> Method:

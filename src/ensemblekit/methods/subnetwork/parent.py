@@ -21,7 +21,6 @@ from torch import nn
 
 from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
-from ensemblekit.run_dir import read_metrics, read_run_config
 from ensemblekit.training.checkpoint import load_checkpoint
 
 PARENT_PREFIXES = ("parent.", "members.0.")
@@ -82,6 +81,8 @@ def read_parent_run(run_dir: str | Path, model_cfg: dict[str, Any]) -> tuple[dic
         run_dir: The run directory.
         model_cfg: This run's ``model`` section (the parent run's must be equal).
     """
+    from ensemblekit.run_dir import read_metrics, read_run_config  # run loading sits above methods (issue 14)
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"method.parent_run: {run_dir} is not a run directory (no config.yaml)")
