@@ -212,7 +212,7 @@ def test_selection_keeps_the_top_children_by_validation_score(tmp_path):
 
 def test_selection_without_a_validation_split_is_refused():
     with pytest.raises(UserError, match=r"data\.val_size"):
-        build_method(_cfg(members=2, candidates=3), 10, 192)
+        build_method(_cfg(members=2, candidates=4), 10, 192)  # pairs fit; only the split is missing
 
 
 @pytest.mark.parametrize(

@@ -91,8 +91,8 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     old_members = old_opts.members
     if old_opts.candidates not in (None, old_members):
         raise UserError("grow: this run selected its members from more candidates; growing it is not supported")
+    _check_group_multiple(old_opts, children)  # before the grown config is resolved (it would refuse odd groups)
     new_cfg = grown_config(cfg, old_members, children)
-    _check_group_multiple(new_cfg, children)
 
     fabric = make_fabric(new_cfg)
     data = load_run_data(new_cfg)
@@ -146,9 +146,12 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     return record
 
 
-def _check_group_multiple(new_cfg, children: int) -> None:
-    """Refuse ``--children`` that cannot form whole groups (anti-random pairs, partitions of k) in one line."""
-    opts: SubnetworkOptions = new_cfg.method.resolved_options()
+def _check_group_multiple(opts: SubnetworkOptions, children: int) -> None:
+    """Refuse ``--children`` that cannot form whole groups (anti-random pairs, partitions of k) in one line.
+
+    ``opts`` are the run's own options: an unset ``partition_parts`` is the run's group size (``members``), which
+    :func:`grown_config` records.
+    """
     size = group_size(opts, opts.candidates or opts.members)
     if size > 1 and children % size:
         what = f"{opts.masks} children come in pairs" if size == 2 else f"children come in groups of {size}"
