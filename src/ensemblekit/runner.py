@@ -18,7 +18,7 @@ from torch import nn
 from ensemblekit.config import Config, config_to_dict
 from ensemblekit.data import DataBundle, load_data
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError, first_line
+from ensemblekit.errors import UserError, config_error, first_line
 from ensemblekit.methods import Method, build_method
 from ensemblekit.metrics import (
     TrainCostMeter,
@@ -73,7 +73,7 @@ def make_fabric(cfg: Config):
                 precision=precision,
             )
         except (ValueError, RuntimeError, TypeError) as exc:
-            raise UserError(f"config error: runtime: {first_line(exc)}") from None
+            raise config_error("runtime", first_line(exc)) from None
         fabric.launch()
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
