@@ -109,6 +109,8 @@ MOVED_CHECKS = [
     ("fission", {"members": 4}, {}, "method.members: 4 exits need a backbone with >= 4 stages; it has 3"),
     ("fission", {"grouping": "channels"}, {"model.name": "vgg11"}, "method.grouping: channels supports the"),
     ("fission", {"path_execution": "packed"}, {}, "method.path_execution: packed needs grouping: channels"),
+    ("packed", {}, {"model.name": "vgg11"}, "model.name: packed supports residual backbones"),
+    ("mixture", {"execution": "packed"}, {"model.name": "densenet_bc40_12"}, "method.execution: packed does not"),
     ("mc_dropout", {"dropout": 0.0}, {}, "method.dropout: Input should be greater than 0"),
 ]
 
