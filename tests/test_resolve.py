@@ -112,6 +112,7 @@ MOVED_CHECKS = [
     ("packed", {}, {"model.name": "vgg11"}, "model.name: packed supports residual backbones"),
     ("mixture", {"execution": "packed"}, {"model.name": "densenet_bc40_12"}, "method.execution: packed does not"),
     ("mc_dropout", {"dropout": 0.0}, {}, "method.dropout: Input should be greater than 0"),
+    ("packed", {}, {"model.factory": "tests.byo.custom_nets:make_net"}, "model.factory: method packed cannot use"),
 ]
 
 
@@ -120,6 +121,8 @@ MOVED_CHECKS = [
 )
 def test_every_option_check_is_a_config_error_at_load(tmp_path, name, options, sets, message):
     raw = tiny_config(method={"name": name, **options}, data={"name": "cifar10", "root": str(tmp_path / "none")})
+    if "model.factory" in sets:  # a custom module: no built-in width
+        raw["model"] = {}
     overrides = [f"{k}={v}" for k, v in sets.items()]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -191,19 +191,19 @@ class Method:
         return model
 
     def custom_backbone(self) -> bool:
-        """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone`` builder).
+        """Whether the configured backbone is the user's own module (:func:`is_custom_model`)."""
+        return is_custom_model(self.cfg)
 
-        ``model.factory`` always is; a registered name is one unless it is built in or its factory takes
-        ``layers=`` (an ensemblekit-style builder that returns a ``Backbone``).
+    @classmethod
+    def refuse_custom_model(cls, cfg: Config) -> None:
+        """Refuse a custom backbone in one line saying what the method needs.
+
+        Called at config load by the :meth:`check_config` of methods that need an ensemblekit backbone's structure.
         """
-        m = self.cfg.model
-        return m.factory is not None or (m.name not in BUILTIN_MODELS and not is_backbone_builder(m.name))
-
-    def refuse_custom_backbone(self) -> None:
-        """Refuse a custom backbone in one line saying what the method needs (methods that need the structure)."""
-        if self.custom_backbone():
-            label = self.cfg.model.factory or repr(self.cfg.model.name)
-            raise UserError(f"method {self.name} cannot use the custom model {label}: {self.requires}")
+        if is_custom_model(cfg):
+            label = cfg.model.factory or repr(cfg.model.name)
+            field = "model.factory" if cfg.model.factory is not None else "model.name"
+            raise config_error(field, f"method {cls.name} cannot use the custom model {label}: {cls.requires}")
 
     def single_backbone(self) -> nn.Module:
         """The single network the costs are compared against (the config's backbone, no dropout)."""
@@ -219,6 +219,16 @@ def _parameters(factory: Any) -> set[str]:
         return set(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
         return set()
+
+
+def is_custom_model(cfg: Config) -> bool:
+    """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone`` builder).
+
+    ``model.factory`` always is; a registered name is one unless it is built in or its factory takes ``layers=``
+    (an ensemblekit-style builder that returns a ``Backbone``).
+    """
+    m = cfg.model
+    return m.factory is not None or (m.name not in BUILTIN_MODELS and not is_backbone_builder(m.name))
 
 
 def is_backbone_builder(name: str) -> bool:

@@ -115,12 +115,12 @@ class MotherNets(HeterogeneousMembers):
 
     @classmethod
     def check_config(cls, cfg: Config, options: MotherNetsOptions) -> None:
-        """``stop: plateau`` watches validation accuracy, so it needs a validation split."""
+        """An ensemblekit backbone (members grow from its spec); ``stop: plateau`` needs a validation split."""
+        cls.refuse_custom_model(cfg)
         if options.stop == "plateau" and cfg.data.val_size == 0:
             raise config_error("method.stop", "plateau needs a validation split: set data.val_size > 0")
 
     def build(self) -> Ensemble:
-        self.refuse_custom_backbone()
         members = self.member_backbones()
         self.clusters = []
         self.mothers = nn.ModuleList()

@@ -190,13 +190,13 @@ class Packed(Method):
 
     @classmethod
     def check_config(cls, cfg: Config, options: PackedOptions) -> None:
-        """A built-in backbone must be of a residual family (a custom module is refused when it is built)."""
+        """An ensemblekit backbone of a residual family (grouped convolutions are built from its spec)."""
+        cls.refuse_custom_model(cfg)
         net = meta_backbone(cfg)
         if net is not None:
             check_packable(net.spec.family)
 
     def build(self) -> Ensemble:
-        self.refuse_custom_backbone()
         o = self.options
         with torch.device("meta"):  # only the configured architecture is needed (no weights, no RNG draws)
             spec = member_spec(self.backbone().spec, o.alpha, o.members)

@@ -83,13 +83,13 @@ class TreeNet(Method):
     @classmethod
     def check_config(cls, cfg: Config, options: TreeNetOptions) -> None:
         """``shared_stages`` must not exceed a built-in backbone's stage count (a custom one's: at build)."""
+        if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
+            cls.refuse_custom_model(cfg)
         net = meta_backbone(cfg)
         if net is not None:
             check_shared_stages(options.shared_stages, len(net.stages))
 
     def build(self) -> Ensemble:
-        if not self.cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
-            self.refuse_custom_backbone()
         backbones = [self.backbone() for _ in range(self.options.members)]
         s = self.options.shared_stages
         check_shared_stages(s, len(backbones[0].stages))

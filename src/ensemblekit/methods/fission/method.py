@@ -154,6 +154,8 @@ class Fission(Method):
     @classmethod
     def check_config(cls, cfg: Config, options: FissionOptions) -> None:
         """N exits need N backbone stages; ``grouping: channels`` needs a residual family (built-in backbones)."""
+        if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
+            cls.refuse_custom_model(cfg)
         net = meta_backbone(cfg)
         if net is None:
             return  # a custom module's stages are checked when it is built
@@ -172,8 +174,6 @@ class Fission(Method):
             return self.backbone() if dropout else self.backbone(dropout=0.0)
 
     def build(self) -> Ensemble:
-        if not self.cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
-            self.refuse_custom_backbone()
         o = self.options
         ref = self.reference(dropout=True)
         check_exits(ref, o.members)
