@@ -30,6 +30,7 @@ def old_run(tmp_path_factory):
     train(config_from_dict(user), run, quiet=True)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["method"] == {"name": "deep_ensemble", "members": 4, "training": "sequential"}  # today's layout
+    (d / "filled.yaml").write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "meta"}))
     cfg["method"] = dict(OLD_METHOD)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     state = torch.load(run / "model.pt", weights_only=True)
@@ -56,10 +57,11 @@ def test_old_run_evaluates(old_run):
     assert evaluated["nll"] == pytest.approx(recorded["nll"], rel=1e-5)
 
 
-@pytest.mark.parametrize("config", ["user", "own"])
+@pytest.mark.parametrize("config", ["user", "own", "filled"])
 def test_old_run_resumes(old_run, config):
     user, run = old_run
-    path = user if config == "user" else run / "config.yaml"  # the user's file, or the run's old-layout config
+    # the user's file, the run's old-layout config.yaml, or a config with every option filled in
+    path = {"user": user, "own": run / "config.yaml", "filled": user.parent / "filled.yaml"}[config]
     result = run_cli("train", str(path), "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
     assert "differs" not in result.stderr
