@@ -245,7 +245,7 @@ def validation_error(err: ValidationError, prefix: str = "") -> UserError:
     """One line for a pydantic error: ``config error: <prefix><field>: <what> (got <short value>)``.
 
     Only the first error is described (``(+n more)`` counts the others); echoed values are shortened. A
-    model-level check (no field) names its field in its message: ``config error: <prefix><message>``.
+    model-level check (no field) names its field at the start of its message, ``"<field>: <what>"``.
     """
     first = err.errors(include_url=False)[0]
     loc = prefix + ".".join(_key(p) for p in first["loc"])
@@ -253,7 +253,9 @@ def validation_error(err: ValidationError, prefix: str = "") -> UserError:
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if not first["loc"]:  # a model-level check names its field itself: "<field>: <what>"
         field, _, rest = msg.partition(": ")
-        return config_error(prefix + field, rest + more) if rest else config_error(prefix.rstrip(".") or "config", msg)
+        if not rest:  # a message that names no field: the section
+            return config_error(prefix.rstrip(".") or "config", msg + more)
+        return config_error(prefix + field, rest + more)
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "finite_number":
