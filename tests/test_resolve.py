@@ -113,6 +113,12 @@ MOVED_CHECKS = [
     ("mixture", {"execution": "packed"}, {"model.name": "densenet_bc40_12"}, "method.execution: packed does not"),
     ("mc_dropout", {"dropout": 0.0}, {}, "method.dropout: Input should be greater than 0"),
     ("packed", {}, {"model.factory": "tests.byo.custom_nets:make_net"}, "model.factory: method packed cannot use"),
+    (
+        "treenet",
+        {"shared_stages": 3},
+        {"model.factory": "tests.byo.custom_nets:make_net", "model.stages": "[a, b, c]"},
+        "method.shared_stages: the backbone has 2 stages, got 3",
+    ),
 ]
 
 

@@ -254,6 +254,18 @@ def meta_backbone(cfg: Config) -> nn.Module | None:
         return create_model(m.name, num_classes=2, **kwargs)
 
 
+def stage_count(cfg: Config) -> int | None:
+    """Stages K of the configured backbone, known from the config alone (``None``: known only when built).
+
+    ``model.stages`` names each stage's first layer and then the head's (K = its length − 1); a built-in backbone
+    is built on the meta device (:func:`meta_backbone`).
+    """
+    if cfg.model.stages:
+        return len(cfg.model.stages) - 1
+    net = meta_backbone(cfg)
+    return None if net is None else len(net.stages)
+
+
 def build_method(cfg: Config, num_classes: int, train_size: int) -> Method:
     """Instantiate the configured method."""
     cls = METHODS.get(cfg.method.name)

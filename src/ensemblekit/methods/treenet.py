@@ -20,7 +20,7 @@ from torch import nn
 from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import config_error
-from ensemblekit.methods.base import METHODS, Method, MethodOptions, meta_backbone
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, stage_count
 from ensemblekit.training.stage import Stage, stage_from_train
 
 
@@ -82,12 +82,12 @@ class TreeNet(Method):
 
     @classmethod
     def check_config(cls, cfg: Config, options: TreeNetOptions) -> None:
-        """``shared_stages`` must not exceed a built-in backbone's stage count (a custom one's: at build)."""
+        """A backbone with stages (built in, or ``model.stages``), at least ``shared_stages`` of them."""
         if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
             cls.refuse_custom_model(cfg)
-        net = meta_backbone(cfg)
-        if net is not None:
-            check_shared_stages(options.shared_stages, len(net.stages))
+        stages = stage_count(cfg)
+        if stages is not None:  # else checked when the backbone is built
+            check_shared_stages(options.shared_stages, stages)
 
     def build(self) -> Ensemble:
         backbones = [self.backbone() for _ in range(self.options.members)]

@@ -39,9 +39,8 @@ def fission_names(name: str, copies: list[int]) -> list[str]:
     return [".".join(["stages", str(s), str(p), *parts[2:]]) for p in range(copies[s])]
 
 
-def check_exits(backbone: Backbone, exits: int) -> None:
-    """N exits need at least N stages (exit k branches after stage k, k <= N − 1 <= K − 1)."""
-    k = len(backbone.stages)
+def check_exits(k: int, exits: int) -> None:
+    """N exits need at least N of the backbone's K stages (exit k branches after stage k, k <= N − 1 <= K − 1)."""
     if exits > k:
         raise config_error("method.members", f"{exits} exits need a backbone with >= {exits} stages; it has {k}")
 

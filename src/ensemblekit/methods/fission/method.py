@@ -34,7 +34,7 @@ from torch import nn
 
 from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.methods.base import METHODS, Method, MethodOptions, meta_backbone
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, meta_backbone, stage_count
 from ensemblekit.methods.fission.build import (
     check_exits,
     masked_fission,
@@ -156,11 +156,11 @@ class Fission(Method):
         """N exits need N backbone stages; ``grouping: channels`` needs a residual family (built-in backbones)."""
         if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
             cls.refuse_custom_model(cfg)
+        stages = stage_count(cfg)
+        if stages is not None:  # else checked when the backbone is built
+            check_exits(stages, options.members)
         net = meta_backbone(cfg)
-        if net is None:
-            return  # a custom module's stages are checked when it is built
-        check_exits(net, options.members)
-        if options.grouping == "channels":
+        if net is not None and options.grouping == "channels":
             thin_spec(net.spec, options.members, 1.0 - options.sparsity)
 
     # -- structure -----------------------------------------------------------------------------
@@ -176,7 +176,7 @@ class Fission(Method):
     def build(self) -> Ensemble:
         o = self.options
         ref = self.reference(dropout=True)
-        check_exits(ref, o.members)
+        check_exits(len(ref.stages), o.members)
         if o.grouping == "channels":
             spec = thin_spec(ref.spec, o.members, 1.0 - o.sparsity)
             net = thin_fission([build_model(spec) for _ in range(o.members)], o.members)
