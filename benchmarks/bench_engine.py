@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.data import BatchLoader, load_data
 from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.models import create_model
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.progress import Progress

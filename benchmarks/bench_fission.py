@@ -27,10 +27,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.metrics import inference_flops
 from ensemblekit.pruning.sparse_flops import sparse_inference_flops
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble
 
 

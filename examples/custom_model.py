@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ensemblekit
-    from ensemblekit.config import config_from_dict
     from ensemblekit.export import export_torchscript
+    from ensemblekit.resolve import config_from_dict
     from ensemblekit.runs import train
 
     data = args.data

@@ -1,7 +1,8 @@
 import pytest
 
-from ensemblekit.config import Config, apply_overrides, load_config, parse_override
+from ensemblekit.config import Config, apply_overrides, parse_override
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import load_config
 
 
 def test_defaults_match_the_documented_schema():
@@ -79,3 +80,17 @@ def test_method_options_are_checked_when_the_config_is_loaded():
         load_config(None, ["method.foo=1"])
     with pytest.raises(UserError, match=r"method\.dropout"):
         load_config(None, ["method.name=mc_dropout", "method.dropout=1.5"])
+
+
+def test_config_module_is_the_schema_only():
+    """config.py imports nothing of ensemblekit but errors and safe_yaml (loading is ensemblekit.resolve)."""
+    import ast
+    from pathlib import Path
+
+    import ensemblekit.config
+
+    tree = ast.parse(Path(ensemblekit.config.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert {m for m in imported if m.startswith("ensemblekit")} == {"ensemblekit.errors", "ensemblekit.safe_yaml"}
+    assert not hasattr(ensemblekit.config, "load_config") and not hasattr(ensemblekit.config, "config_from_dict")

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.export import export_onnx, export_safetensors, export_torchscript, load_safetensors_state
 from ensemblekit.methods import METHODS
 from ensemblekit.predictor import Predictor
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble
 from tests.conftest import run_cli, tiny_config
 

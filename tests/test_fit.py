@@ -10,9 +10,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import ensemblekit
-from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.user_data import as_data_bundle
 from tests.conftest import tiny_config

@@ -13,11 +13,11 @@ from PIL import Image
 
 import ensemblekit
 from ensemblekit.atomic import atomic_torch_save
-from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.data.images import images_to_tensor, resize_and_crop
 from ensemblekit.errors import UserError
 from ensemblekit.predictor import uncertainty
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.runs.loading import load_run
 from ensemblekit.training.checkpoint import load_checkpoint

@@ -217,7 +217,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ensemblekit.config import load_config
+    from ensemblekit.resolve import load_config
     from ensemblekit.runs import default_out_dir, train
 
     cfg = load_config(args.config, args.overrides)
@@ -300,7 +300,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
-    from ensemblekit.config import load_config
+    from ensemblekit.resolve import load_config
     from ensemblekit.runs import describe
 
     info = describe(load_config(args.config, args.overrides))

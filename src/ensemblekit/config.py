@@ -1,11 +1,13 @@
-"""Run configuration: YAML with sections ``data``, ``model``, ``method``, ``train``, ``runtime``.
+"""Run configuration schema: YAML with sections ``data``, ``model``, ``method``, ``train``, ``runtime``.
 
-The file is validated with pydantic. Unknown keys, wrong types and unknown names (model, method, data
-set) are refused with one line naming the field. ``--set key.sub=value`` overrides any field; the value is
+This module is the schema only (pydantic models, bounds, ``--set`` parsing, YAML reading); it imports nothing of
+ensemblekit but :mod:`~ensemblekit.errors` and :mod:`~ensemblekit.safe_yaml`. Loading a config (names checked,
+the method's options validated and resolved with their defaults) is :mod:`ensemblekit.resolve`. Unknown keys and
+wrong types are refused with one line naming the field. ``--set key.sub=value`` overrides any field; the value is
 parsed as YAML (``--set train.lr=0.05``, ``--set train.milestones=[5,10]``).
 
 Example:
-    >>> cfg = load_config(None, overrides=["model.name=resnet8", "train.epochs=1"])
+    >>> cfg = Config.model_validate({"model": {"name": "resnet8"}, "train": {"epochs": 1}})
     >>> cfg.model.name, cfg.train.epochs
     ('resnet8', 1)
 """
@@ -15,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ensemblekit.errors import UserError, shorten
+from ensemblekit.errors import UserError, config_error, shorten
 from ensemblekit.safe_yaml import read_yaml_file, safe_yaml_load
 
 # Bounds that keep every accepted config runnable (values past them crashed or ran forever; see README
@@ -104,19 +106,53 @@ class ModelConfig(_Section):
 
 
 class MethodConfig(BaseModel):
-    """The method's name, its number of members, and its own options (validated by the method)."""
+    """The method's name, its number of members, and its own options (validated by the method).
+
+    A config loaded by :func:`ensemblekit.resolve.config_from_dict` is *resolved*: every option of the method is
+    a field here with its value (defaults filled, derived values such as a member count written), and
+    :meth:`resolved_options` holds the method's validated ``Options`` object. Setting a field afterwards drops
+    the resolved options (resolve the config again).
+    """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
     name: str = "deep_ensemble"
     members: int | None = Field(default=None, gt=0, le=MAX_MEMBERS)
+    """``None`` only before resolution (a config file may leave it out, as old run directories record it)."""
+
+    _resolved: BaseModel | None = PrivateAttr(default=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_"):
+            self._resolved = None  # the resolved options no longer describe the section
+        super().__setattr__(name, value)
+
+    @classmethod
+    def from_options(cls, name: str, options: BaseModel) -> MethodConfig:
+        """The resolved section of method ``name``: every field of its validated ``options``, kept alongside."""
+        section = cls.model_validate({"name": name, **options.model_dump(mode="json")})
+        section._resolved = options
+        return section
 
     def options(self) -> dict[str, Any]:
-        """The method-specific options (everything except ``name``; ``members`` only when set)."""
+        """The method-specific options as given (everything except ``name``; ``members`` only when set)."""
         opts = dict(self.model_extra or {})
         if self.members is not None:
             opts["members"] = self.members
         return opts
+
+    def resolved_options(self) -> Any:
+        """The method's validated options object (its ``Options`` model, defaults filled).
+
+        Raises:
+            RuntimeError: the section was not resolved (build configs with :mod:`ensemblekit.resolve`).
+        """
+        if self._resolved is None:
+            raise RuntimeError(
+                f"the options of method {self.name!r} are not resolved: load the config with "
+                "ensemblekit.resolve.config_from_dict or load_config"
+            )
+        return self._resolved
 
 
 class TrainConfig(_Section):
@@ -205,17 +241,21 @@ def _key(part: object) -> str:
     return text if text.isidentifier() or text.isdigit() else shorten(text, 30)
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+def validation_error(err: ValidationError, prefix: str = "") -> UserError:
     """One line for a pydantic error: ``config error: <prefix><field>: <what> (got <short value>)``.
 
-    Only the first error is described (``(+n more)`` counts the others); echoed values are shortened.
+    Only the first error is described (``(+n more)`` counts the others); echoed values are shortened. A
+    model-level check (no field) names its field at the start of its message, ``"<field>: <what>"``.
     """
     first = err.errors(include_url=False)[0]
     loc = prefix + ".".join(_key(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    if not first["loc"]:  # a model-level check names its field itself
-        return f"config error: {prefix}{msg}{more}"
+    if not first["loc"]:  # a model-level check names its field itself: "<field>: <what>"
+        field, _, rest = msg.partition(": ")
+        if not rest:  # a message that names no field: the section
+            return config_error(prefix.rstrip(".") or "config", msg + more)
+        return config_error(prefix + field, rest + more)
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "finite_number":
@@ -223,7 +263,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     value = first.get("input")
     quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
     shown = "" if quiet else f" (got {shorten(value)})"
-    return f"config error: {loc}: {msg}{shown}{more}"
+    return config_error(loc, f"{msg}{shown}{more}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -264,64 +304,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate a nested dict into a ``Config`` and check that names are registered."""
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_error(err)) from None
-    check_names(cfg)
-    from ensemblekit.methods import METHODS
-
-    METHODS.get(cfg.method.name).parse_options(cfg.method.options())  # method options are checked at load time
-    return cfg
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None), apply overrides and validate it."""
-    raw = read_yaml(path) if path is not None else {}
-    apply_overrides(raw, list(overrides or []))
-    return config_from_dict(raw)
-
-
-def check_names(cfg: Config) -> None:
-    """Refuse unknown model, method and data-set names, listing the valid ones."""
-    from ensemblekit.data import DATASETS
-    from ensemblekit.methods import METHODS
-    from ensemblekit.models import MODELS
-
-    checks = [("model.name", MODELS, cfg.model.name)] if cfg.model.factory is None else []
-    for field, registry, name in (
-        *checks,
-        ("method.name", METHODS, cfg.method.name),
-        ("data.name", DATASETS, cfg.data.name),
-    ):
-        if name not in registry:
-            raise UserError(
-                f"config error: {field}: unknown {registry.kind} {shorten(name)}; valid: {', '.join(registry.names())}"
-            )
-    from ensemblekit.models import check_model_options
-
-    if cfg.model.factory is not None:
-        from ensemblekit.models.custom import check_factory_options, load_factory
-
-        check_factory_options(cfg.model.factory, load_factory(cfg.model.factory), cfg.model.kwargs)
-        if cfg.model.width is not None:
-            raise UserError("config error: model.width applies to the built-in models only, not to model.factory")
-        return
-    if cfg.model.stages:
-        from ensemblekit.methods.base import BUILTIN_MODELS
-
-        if cfg.model.name in BUILTIN_MODELS:
-            raise UserError(
-                "config error: model.stages applies to custom models (model.factory); built-ins have stages"
-            )
-    try:
-        check_model_options(cfg.model.name, cfg.model.kwargs)
-    except UserError as exc:
-        raise UserError(f"config error: model.kwargs: {exc}") from None
-
-
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """A plain, YAML-serialisable dict of the resolved config (method options included)."""
+    """A plain, YAML-serialisable dict of the config (of a resolved config: every method option with its value)."""
     return cfg.model_dump(mode="json", exclude={"meta"})

@@ -41,6 +41,18 @@ class CheckpointError(UserError):
     """A checkpoint is missing, truncated, corrupt or incompatible."""
 
 
+def config_error(field: str, message: str) -> UserError:
+    """The one-line error of a bad config value: ``config error: <field>: <message>``.
+
+    Every config check (schema, names, a method's options) words its error with it, so the CLI prints one format.
+
+    Example:
+        >>> str(config_error("method.cycles", "must be >= members (4)"))
+        'config error: method.cycles: must be >= members (4)'
+    """
+    return UserError(f"config error: {field}: {message}")
+
+
 def shorten(value: Any, limit: int = 60) -> str:
     """A short ``repr`` of ``value`` for error messages: nested and long values are elided with ``...``.
 

@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
-from ensemblekit.config import Config, config_from_dict
+from ensemblekit.config import Config
 from ensemblekit.data import ImageTensors
 from ensemblekit.data.images import images_to_tensor
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError
 from ensemblekit.metrics.classification import combine_probs, entropy_per_sample
 from ensemblekit.metrics.diversity import mutual_information_per_sample
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.training.evaluate import collect_member_probs
 
 
@@ -114,10 +115,8 @@ class Predictor:
 
     @property
     def options(self) -> dict[str, Any]:
-        """The method's resolved options."""
-        from ensemblekit.methods import METHODS
-
-        return METHODS.get(self.method).parse_options(self.cfg.method.options()).model_dump(mode="json")
+        """The method's resolved options (every option with its value)."""
+        return self.cfg.method.options()
 
     @property
     def combine(self) -> str:

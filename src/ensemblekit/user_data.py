@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ensemblekit.config import Config, config_from_dict, config_to_dict, load_config
+from ensemblekit.config import Config, config_to_dict
 from ensemblekit.data import DataBundle, ImageTensors
 from ensemblekit.data.images import images_to_tensor
 from ensemblekit.data.stats import channel_stats
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, config_error
+from ensemblekit.resolve import config_from_dict, load_config
 
 MEMORY = "memory"
 """The data-set name recorded for data given from Python."""
@@ -155,7 +156,7 @@ def _config(config: Config | dict | str | os.PathLike[str] | None, overrides: li
     data = dict(raw.get("data") or {})
     for key in ("train_size", "test_size", "val_size", "root", "classes", "image_size"):
         if data.get(key) not in (None, 0):
-            raise UserError(f"config error: data.{key} does not apply to data given from Python (pass the splits)")
+            raise config_error(f"data.{key}", "does not apply to data given from Python (pass the splits)")
     data["name"] = MEMORY
     raw["data"] = data
     if overrides:

@@ -153,7 +153,7 @@ def test_suite_evaluates_corruptions_and_reports_them(tmp_path):
 
 def test_budget_estimate_counts_a_teachers_forward_like_the_cost_meter(tmp_path):
     """Distillation runs a teacher in prepare_batch: estimate == what the meter charges (3 x student + teacher)."""
-    from ensemblekit.config import config_from_dict
+    from ensemblekit.resolve import config_from_dict
     from ensemblekit.runs import train
 
     raw = tiny_config(

@@ -47,8 +47,8 @@ def test_cli_runs_a_module_from_the_current_directory(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["backbone"] == "custom" and metrics["num_members"] == 2
 
-    from ensemblekit.config import config_from_dict
     from ensemblekit.errors import UserError
+    from ensemblekit.resolve import config_from_dict
     from ensemblekit.runs import evaluate
 
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -74,7 +74,7 @@ def test_bench_suite_of_custom_module_runs(tmp_path):
 
 
 def test_grow_a_subnetwork_run_of_a_custom_module(tmp_path):
-    from ensemblekit.config import config_from_dict
+    from ensemblekit.resolve import config_from_dict
     from ensemblekit.runs import train
     from ensemblekit.runs.grow import grow
     from tests.conftest import tiny_config

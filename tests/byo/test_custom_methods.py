@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import METHODS
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, train
 from tests.byo.custom_nets import TinyCNN
 from tests.conftest import tiny_config
@@ -176,7 +176,7 @@ def test_unknown_factory_options_and_width_are_refused():
     with pytest.raises(UserError, match=r"has no option.*depth; valid: channels"):
         config_from_dict(raw)
     raw["model"] = {"factory": FACTORY, "width": 2.0}
-    with pytest.raises(UserError, match=r"model\.width applies to the built-in models only"):
+    with pytest.raises(UserError, match=r"config error: model\.width: applies to the built-in models only"):
         config_from_dict(raw)
 
 
@@ -239,7 +239,7 @@ def test_staged_module_equals_the_original_and_bad_stages_are_refused():
 
     with pytest.raises(UserError, match="not its layers applied in order"):
         staged_backbone(Skip(), ["conv", "pool.0"])
-    with pytest.raises(UserError, match=r"model\.stages applies to custom models"):
+    with pytest.raises(UserError, match=r"config error: model\.stages: applies to custom models"):
         config_from_dict({"model": {"name": "resnet8", "stages": ["stem"]}})
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ensemblekit.config import load_config
 from ensemblekit.data import load_data
 from ensemblekit.data.classes import complement, select_classes
 from ensemblekit.data.synthetic import make_synthetic
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import load_config
 
 
 def test_select_classes_remaps_in_given_order():

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from ensemblekit.cli import main
-from ensemblekit.config import load_config
 from ensemblekit.data import cifar, load_data
 from ensemblekit.data.download_progress import DownloadProgress
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import load_config
 from tests.conftest import REPO
 from tests.data.cifar_files import CIFAR10_CLASSES, write_checksums
 

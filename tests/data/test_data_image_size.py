@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.data.images import resize_and_crop
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 
 
 def _mixed_folder(root):

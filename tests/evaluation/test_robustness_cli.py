@@ -8,7 +8,7 @@ import math
 import pytest
 
 from ensemblekit.cli import main
-from ensemblekit.config import config_from_dict
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from tests.conftest import tiny_config
 

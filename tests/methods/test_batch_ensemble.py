@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.layers.batch_ensemble import BatchEnsembleConv2d, BatchEnsembleLinear, EnsembleBatchNorm2d
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, describe_costs, train
 from ensemblekit.training.losses import member_cross_entropy
 from ensemblekit.training.optim import build_optimizer

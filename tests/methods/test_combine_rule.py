@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.methods import METHODS
 from ensemblekit.methods.base import build_method
+from ensemblekit.resolve import config_from_dict
 from tests.conftest import REPO, tiny_config
 
 DOCUMENTED = {"fission": "logits"}

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.methods.bagging import bootstrap_indices
 from ensemblekit.methods.distillation import distillation_loss, soft_targets
 from ensemblekit.metrics import count_parameters
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.runs.loading import RUN_FILES
 from tests.conftest import tiny_config

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.fission.build import fission_names, scored_layers
 from ensemblekit.methods.fission.loss import distillation_term, ensemble_teacher, fission_loss
@@ -16,6 +15,7 @@ from ensemblekit.methods.fission.split import transfer_channels
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import get_masks, masks_from_scores
 from ensemblekit.pruning.criteria import compute_scores
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, describe, describe_costs, train
 from tests.conftest import tiny_config
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.fission.build import fission_names, scored_layers
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.network import copies_per_stage
 from ensemblekit.methods.fission.official import xavier_scoring_copy
 from ensemblekit.pruning import get_masks, has_mask, masked_layers, masks_from_scores
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from tests.conftest import tiny_config
 from tests.methods.test_fission import _build, _fissioned

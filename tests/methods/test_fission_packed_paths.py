@@ -7,12 +7,12 @@ import warnings
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.fission.loss import fission_loss
 from ensemblekit.methods.fission.packed_paths import resolve_path_execution
 from ensemblekit.metrics import inference_flops
 from ensemblekit.pruning.sparse_flops import sparse_inference_flops
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, train
 from tests.conftest import tiny_config
 

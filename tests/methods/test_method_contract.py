@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.methods import METHODS, build_method
+from ensemblekit.resolve import config_from_dict
 from tests.conftest import REPO, tiny_config
 
 NUM_CLASSES, TRAIN_SIZE, BATCH = 10, 192, 2

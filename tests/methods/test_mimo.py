@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ensemblekit.config import config_from_dict
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, describe_costs, train
 from ensemblekit.training.losses import member_cross_entropy
 from tests.conftest import tiny_config

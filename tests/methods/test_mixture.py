@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.layers.template import TemplateLayer
 from ensemblekit.methods import build_method
 from ensemblekit.methods.mixture import AUTO_LAYOUT, build_mixture_ensemble
 from ensemblekit.metrics import count_parameters, inference_flops
 from ensemblekit.models import create_model
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.training.optim import build_optimizer
 from tests.conftest import tiny_config

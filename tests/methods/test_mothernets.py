@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ensemblekit.bench.tables import comparison_table
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.metrics import count_parameters, inference_flops
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import evaluate, train
 from ensemblekit.training.stage import StageContext
 from tests.conftest import tiny_config

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.layers.packed_ensemble import PackedConv2d, PackedLinear, effective_subgroups
 from ensemblekit.methods.packed import build_packed_network, member_spec
 from ensemblekit.metrics import inference_flops
 from ensemblekit.models import build_model, create_model
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, describe_costs, evaluate, train
 from tests.conftest import tiny_config
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.training.optim import lr_factor
 from ensemblekit.training.stage import ScheduleSpec

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
 from ensemblekit.methods.subnetwork import anneal
 from ensemblekit.metrics.sparse_costs import SPARSE_MODEL_KEYS, SPARSE_TRAIN_KEY
 from ensemblekit.pruning import masked_layers, prunable_layers
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import describe, train
 from ensemblekit.runs.directory import read_run_config
 from ensemblekit.runs.grow import grow
@@ -212,7 +212,7 @@ def test_selection_keeps_the_top_children_by_validation_score(tmp_path):
 
 def test_selection_without_a_validation_split_is_refused():
     with pytest.raises(UserError, match=r"data\.val_size"):
-        build_method(_cfg(members=2, candidates=3), 10, 192)
+        build_method(_cfg(members=2, candidates=4), 10, 192)  # pairs fit; only the split is missing
 
 
 @pytest.mark.parametrize(

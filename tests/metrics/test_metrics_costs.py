@@ -166,7 +166,7 @@ def test_inference_parameter_count_leaves_out_stored_networks_inference_never_ru
 
 
 def test_subnetwork_runs_report_the_parameters_their_children_use():
-    from ensemblekit.config import config_from_dict
+    from ensemblekit.resolve import config_from_dict
     from ensemblekit.runs import build_ensemble, describe_costs
     from tests.conftest import tiny_config
 

@@ -7,12 +7,12 @@ import inspect
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import METHODS
 from ensemblekit.methods.base import is_backbone_builder
 from ensemblekit.models import FAMILIES, MODELS, check_model_options, create_model, list_models
 from ensemblekit.models.registry import ModelEntry, register_model
+from ensemblekit.resolve import config_from_dict
 from tests.byo.custom_nets import TinyCNN
 from tests.conftest import tiny_config
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.pruning.score_data import class_balanced_indices
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble
 from tests.conftest import tiny_config
 

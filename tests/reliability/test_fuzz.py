@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemblekit.config import config_from_dict, config_to_dict, load_config
+from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict, load_config
 from tests.reliability.fuzz_strategies import (
     VALUE_TEXT,
     image_bytes,

@@ -55,7 +55,7 @@ def test_config_values_that_crashed_later_are_refused_up_front(capsys, tmp_path,
 
 
 def test_method_options_are_bounded_and_finite():
-    from ensemblekit.config import load_config
+    from ensemblekit.resolve import load_config
 
     for overrides, fragment in (
         (["method.name=fge", "method.cycle_epochs=10000000"], "method.cycle_epochs: must be at most 100,000"),
@@ -311,7 +311,7 @@ def test_edited_config_yaml_is_refused_by_evaluate(capsys, tmp_path, write_confi
 
 
 def test_old_model_files_are_checked_on_method_and_backbone(tmp_path):
-    from ensemblekit.config import load_config
+    from ensemblekit.resolve import load_config
     from ensemblekit.runs import check_model_identity
 
     cfg = load_config(None, ["method.name=deep_ensemble"])

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from ensemblekit.config import load_config, read_yaml
+from ensemblekit.config import read_yaml
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import load_config
 from ensemblekit.safe_yaml import MAX_EXPANDED_NODES, MAX_YAML_BYTES, _expanded_size, safe_yaml_load
 
 

@@ -8,9 +8,9 @@ from pydantic import BaseModel, ValidationError
 
 from ensemblekit.bench.results import FIELDS, TABLE, get_cost
 from ensemblekit.bench.tables import COLUMNS, SPARSE_COLUMNS
-from ensemblekit.config import config_from_dict
 from ensemblekit.methods import METHODS, Method
 from ensemblekit.methods.base import RecordContext
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.runs.record import Costs, Metrics, RunRecord, add_method_extras, columns, validate_record
 from tests.conftest import tiny_config

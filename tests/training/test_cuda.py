@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import evaluate, train
 from tests.conftest import tiny_config
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.steps import NonFiniteLossError

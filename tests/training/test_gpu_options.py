@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import eval_autocast_dtype, train, use_channels_last, use_cudnn_benchmark, use_fused_optimizer
 from ensemblekit.training.optim import build_optimizer
 from ensemblekit.training.stage import OptimSpec

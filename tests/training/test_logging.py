@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.training.progress import Progress
 from tests.conftest import tiny_config

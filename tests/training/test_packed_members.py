@@ -7,10 +7,10 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.data import load_data
 from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.models import create_model
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.packed_members import (

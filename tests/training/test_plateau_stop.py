@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods import build_method
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, describe_costs, load_run_data, make_engine, make_fabric, train
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.stage import Stage

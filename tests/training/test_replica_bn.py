@@ -5,9 +5,9 @@ import copy
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.layers.batch_ensemble import EnsembleBatchNorm2d
 from ensemblekit.models import create_model
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import build_ensemble, train
 from ensemblekit.training.replica_bn import ReplicaBatchNormForward, use_replica_batchnorm
 from tests.conftest import tiny_config

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from tests.conftest import tiny_config
 

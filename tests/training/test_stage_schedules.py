@@ -12,8 +12,9 @@ import warnings
 import pytest
 import torch
 
-from ensemblekit.config import TrainConfig, config_from_dict
+from ensemblekit.config import TrainConfig
 from ensemblekit.methods import METHODS, build_method
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.training.optim import build_optimizer, build_scheduler, lr_factor
 from ensemblekit.training.stage import ScheduleSpec, Stage
 from tests.conftest import tiny_config

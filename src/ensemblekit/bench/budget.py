@@ -34,12 +34,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.metrics import inference_flops
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.training.losses import member_cross_entropy
 from ensemblekit.training.stage import Stage
 from ensemblekit.training.steps import measure_stage_flops
+
+TRIAL_EPOCHS = range(1, 257)
+"""``train.epochs`` values tried, in order, when a run's configured epochs do not build (e.g. snapshot cycles)."""
 
 MAX_EPOCHS = 10_000
 BudgetUnit = Literal["epoch_equivalents", "seconds"]
@@ -112,7 +115,7 @@ class RecipeCost:
         """
         from ensemblekit.runs import build_ensemble
 
-        trials = [raw] + [{**raw, "train": {**raw.get("train", {}), "epochs": e}} for e in range(1, 257)]
+        trials = [raw] + [{**raw, "train": {**raw.get("train", {}), "epochs": e}} for e in TRIAL_EPOCHS]
         first = None
         for trial in trials:
             try:

@@ -190,7 +190,7 @@ def _device_count(devices: int | str) -> int:
 
 def task_resources(raw: dict[str, Any], cluster_gpus: float) -> tuple[float, float]:
     """``(num_cpus, num_gpus)`` a run asks Ray for, from its config's ``runtime`` section (module docstring)."""
-    from ensemblekit.config import config_from_dict
+    from ensemblekit.resolve import config_from_dict
 
     rt = config_from_dict(raw).runtime
     devices = _device_count(rt.devices) * rt.num_nodes

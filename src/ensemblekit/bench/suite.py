@@ -43,8 +43,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ensemblekit.config import Config, apply_overrides, config_from_dict, read_yaml
+from ensemblekit.bench.budget import TRIAL_EPOCHS
+from ensemblekit.config import Config, apply_overrides, read_yaml
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONTROL_SUFFIX = ".control"
@@ -173,10 +175,27 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def check_run_config(suite: Suite, run: SuiteRun) -> Config:
-    """Validate one run's config (seed 0)."""
+    """Validate one run's config (seed 0).
+
+    A run with a budget has its ``train.epochs`` chosen by the budget fit, which tries the epochs the method
+    accepts (a snapshot run needs a multiple of its cycles): such a run is valid when some ``train.epochs`` in
+    :data:`~ensemblekit.bench.budget.TRIAL_EPOCHS` makes its config valid.
+    """
     if "name" not in run.method:
         raise UserError("method.name is missing")
-    return config_from_dict(suite.run_config(run, 0))
+    raw = suite.run_config(run, 0)
+    try:
+        return config_from_dict(raw)
+    except UserError as exc:
+        if suite.run_budget(run) is None:
+            raise
+        error = exc
+    for epochs in TRIAL_EPOCHS:
+        try:
+            return config_from_dict({**raw, "train": {**raw.get("train", {}), "epochs": epochs}})
+        except UserError:
+            continue
+    raise error
 
 
 def select_runs(suite: Suite, only: list[str] | None) -> list[SuiteRun]:

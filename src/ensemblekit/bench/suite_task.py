@@ -14,8 +14,8 @@ from typing import Any
 from ensemblekit.bench.budget import RecipeCost, equal_flops_width, fit_epochs
 from ensemblekit.bench.suite import Suite, SuiteRun
 from ensemblekit.bench.suite_status import run_dir_of
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs.directory import checkpoint_path, holds_run, read_run_config
 
 
@@ -76,7 +76,7 @@ def run_one(
     ``num_threads`` sets ``runtime.num_threads`` where the config leaves it unset (concurrent tasks).
     """
     from ensemblekit.runs import train
-    from ensemblekit.training.engine import TrainingInterrupted
+    from ensemblekit.training.steps import TrainingInterrupted
 
     run_dir = run_dir_of(out, run.name, seed)
     budget = suite.run_budget(run)

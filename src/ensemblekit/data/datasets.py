@@ -23,7 +23,7 @@ from ensemblekit.data.splits import split_data
 from ensemblekit.data.stats import CIFAR10_MEAN, CIFAR10_STD, channel_stats
 from ensemblekit.data.synthetic import DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE, make_synthetic
 from ensemblekit.data.tensors import DataBundle, ImageTensors
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, config_error
 from ensemblekit.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -169,7 +169,7 @@ def load_data(
     """
     loader = DATASETS.get(name)
     if image_size is not None and name != "image_folder":
-        raise UserError(f"config error: data.image_size applies to image_folder data, not to {name}")
+        raise config_error("data.image_size", f"applies to image_folder data, not to {name}")
     request = LoadRequest(
         root,
         download,

@@ -22,9 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from torch import nn
 
-from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, format_validation_error
+from ensemblekit.config import MAX_EPOCHS, MAX_MEMBERS, Config, validation_error
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, config_error
 from ensemblekit.models import create_model, list_models
 from ensemblekit.registry import Registry
 from ensemblekit.training.stage import Stage
@@ -99,8 +99,12 @@ class MethodOptions(BaseModel):
 class Method:
     """Base class of every method.
 
+    Its options are validated once, when the config is loaded (:mod:`ensemblekit.resolve`): the ``Options``
+    model checks them among themselves, :meth:`check_config` against the other sections. The method receives
+    them resolved (``cfg.method.resolved_options()``) as ``self.options`` and never raises a config error.
+
     Args:
-        cfg: The validated run configuration.
+        cfg: The resolved run configuration.
         num_classes: Number of classes of the data set.
         train_size: Number of training images (for budgets and bootstrap samples).
         runs: How to read other finished runs (teacher and parent runs); the run layer passes one.
@@ -117,7 +121,10 @@ class Method:
         self.num_classes = num_classes
         self.train_size = train_size
         self._runs = runs
-        self.options = self.parse_options(cfg.method.options())
+        options = cfg.method.resolved_options()
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} needs {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any]) -> MethodOptions:
@@ -129,10 +136,17 @@ class Method:
             field = ".".join(str(p) for p in first["loc"])
             if first["type"] == "extra_forbidden":
                 valid = ", ".join(sorted(cls.Options.model_fields))
-                raise UserError(
-                    f"config error: method.{field}: unknown option for {cls.name} (valid: {valid})"
-                ) from None
-            raise UserError(format_validation_error(err, prefix="method.")) from None
+                raise config_error(f"method.{field}", f"unknown option for {cls.name} (valid: {valid})") from None
+            raise validation_error(err, prefix="method.") from None
+
+    @classmethod
+    def check_config(cls, cfg: Config, options: MethodOptions) -> None:
+        """Check the options against the other sections (``data``, ``model``, ``train``); none by default.
+
+        Called when the config is loaded, before any data: a method whose options must agree with another
+        section raises :func:`~ensemblekit.errors.config_error` here (checks among the options themselves are
+        validators of its ``Options`` model).
+        """
 
     @classmethod
     def inference_config(cls, cfg: Config) -> Config:
@@ -243,19 +257,19 @@ class Method:
         return model
 
     def custom_backbone(self) -> bool:
-        """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone`` builder).
+        """Whether the configured backbone is the user's own module (:func:`is_custom_model`)."""
+        return is_custom_model(self.cfg)
 
-        ``model.factory`` always is; a registered name is one unless it is built in or its factory takes
-        ``layers=`` (an ensemblekit-style builder that returns a ``Backbone``).
+    @classmethod
+    def refuse_custom_model(cls, cfg: Config) -> None:
+        """Refuse a custom backbone in one line saying what the method needs.
+
+        Called at config load by the :meth:`check_config` of methods that need an ensemblekit backbone's structure.
         """
-        m = self.cfg.model
-        return m.factory is not None or (m.name not in BUILTIN_MODELS and not is_backbone_builder(m.name))
-
-    def refuse_custom_backbone(self) -> None:
-        """Refuse a custom backbone in one line saying what the method needs (methods that need the structure)."""
-        if self.custom_backbone():
-            label = self.cfg.model.factory or repr(self.cfg.model.name)
-            raise UserError(f"method {self.name} cannot use the custom model {label}: {self.requires}")
+        if is_custom_model(cfg):
+            label = cfg.model.factory or repr(cfg.model.name)
+            field = "model.factory" if cfg.model.factory is not None else "model.name"
+            raise config_error(field, f"method {cls.name} cannot use the custom model {label}: {cls.requires}")
 
     def single_backbone(self) -> nn.Module:
         """The single network the costs are compared against (the config's backbone, no dropout)."""
@@ -273,11 +287,49 @@ def _parameters(factory: Any) -> set[str]:
         return set()
 
 
+def is_custom_model(cfg: Config) -> bool:
+    """Whether the configured backbone is the user's own module (not an ensemblekit ``Backbone`` builder).
+
+    ``model.factory`` always is; a registered name is one unless it is built in or its factory takes ``layers=``
+    (an ensemblekit-style builder that returns a ``Backbone``).
+    """
+    m = cfg.model
+    return m.factory is not None or (m.name not in BUILTIN_MODELS and not is_backbone_builder(m.name))
+
+
 def is_backbone_builder(name: str) -> bool:
     """Whether registered model ``name`` is an ensemblekit-style builder (its factory takes ``layers=``)."""
     from ensemblekit.models import MODELS
 
     return "layers" in _parameters(MODELS.get(name))
+
+
+def meta_backbone(cfg: Config) -> nn.Module | None:
+    """The configured built-in backbone, built on the meta device, for checks of its structure at config load.
+
+    No memory, no data and no draw from the global RNG; ``None`` for a custom model (``model.factory`` or a
+    registered non-built-in name), whose structure a method checks when it builds it.
+    """
+    m = cfg.model
+    if m.factory is not None or m.name not in BUILTIN_MODELS:
+        return None
+    kwargs: dict[str, Any] = dict(m.kwargs)
+    if m.width is not None:
+        kwargs["width"] = m.width
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return create_model(m.name, num_classes=2, **kwargs)
+
+
+def stage_count(cfg: Config) -> int | None:
+    """Stages K of the configured backbone, known from the config alone (``None``: known only when built).
+
+    ``model.stages`` names each stage's first layer and then the head's (K = its length − 1); a built-in backbone
+    is built on the meta device (:func:`meta_backbone`).
+    """
+    if cfg.model.stages:
+        return len(cfg.model.stages) - 1
+    net = meta_backbone(cfg)
+    return None if net is None else len(net.stages)
 
 
 def build_method(cfg: Config, num_classes: int, train_size: int, runs: RunReader | None = None) -> Method:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from ensemblekit.config import Config, config_from_dict, config_to_dict
+from ensemblekit.config import Config, MethodConfig
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
 from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS, RunReader
@@ -54,6 +54,12 @@ class DistillationOptions(HeterogeneousOptions):
     alpha: float = Field(default=0.9, ge=0.0, le=1.0)
     temperature: float = Field(default=4.0, gt=0.0)
     charge_teacher: bool = True
+
+    @model_validator(mode="after")
+    def _teacher_here_or_run(self) -> DistillationOptions:
+        if self.teacher_run is not None and (self.teacher is not None or self.teacher_epochs is not None):
+            raise ValueError("teacher/teacher_epochs: apply only without teacher_run")
+        return self
 
 
 def soft_targets(teacher_logits: torch.Tensor, temperature: float, combine: str = "probs") -> torch.Tensor:
@@ -113,18 +119,17 @@ class Distillation(HeterogeneousMembers):
     @classmethod
     def inference_config(cls, cfg: Config) -> Config:
         """Without ``teacher_run``: prediction needs only the members, not the teacher run's files."""
-        if cfg.method.options().get("teacher_run") is None:
+        options = cfg.method.resolved_options()
+        if options.teacher_run is None:
             return cfg
-        raw = config_to_dict(cfg)
-        raw["method"].pop("teacher_run")
-        return config_from_dict(raw)
+        inference = cfg.model_copy()
+        inference.method = MethodConfig.from_options(cls.name, options.model_copy(update={"teacher_run": None}))
+        return inference
 
     def build(self) -> Ensemble:
         ensemble = MemberEnsemble(self.member_backbones())
         o = self.options
         if o.teacher_run is not None:
-            if o.teacher is not None or o.teacher_epochs is not None:
-                raise UserError("config error: method.teacher/teacher_epochs apply only without teacher_run")
             self.teacher = load_teacher_run(self.runs, o.teacher_run, self.num_classes, self.train_size)
         elif o.teacher is not None:
             self.teacher = create_model(o.teacher.name, num_classes=self.num_classes, **o.teacher.kwargs)

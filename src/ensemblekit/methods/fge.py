@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ensemblekit.config import config_to_dict
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
-from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS, Method, MethodOptions, RunReader
 from ensemblekit.methods.snapshot import copy_into
 from ensemblekit.methods.subnetwork.parent import parent_loader
@@ -52,6 +51,14 @@ class FGEOptions(MethodOptions):
     pretrain_weights: str | None = None
     charge_pretrain: bool = True
 
+    @model_validator(mode="after")
+    def _cycle_and_source(self) -> FGEOptions:
+        if self.cycle_epochs % 2:
+            raise ValueError(f"cycle_epochs: must be even (got {self.cycle_epochs})")
+        if self.pretrain_run is not None and self.pretrain_weights is not None:
+            raise ValueError("pretrain_run: give pretrain_run or pretrain_weights, not both")
+        return self
+
 
 @METHODS.register("fge")
 class FGE(Method):
@@ -62,11 +69,6 @@ class FGE(Method):
 
     def __init__(self, cfg, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
         super().__init__(cfg, num_classes, train_size, runs)
-        o = self.options
-        if o.cycle_epochs % 2:
-            raise UserError(f"config error: method.cycle_epochs: must be even (got {o.cycle_epochs})")
-        if o.pretrain_run is not None and o.pretrain_weights is not None:
-            raise UserError("config error: method.pretrain_run: give pretrain_run or pretrain_weights, not both")
         self.worker: nn.Module | None = None
 
     def build(self) -> Ensemble:

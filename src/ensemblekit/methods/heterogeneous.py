@@ -67,11 +67,9 @@ class HeterogeneousOptions(MethodOptions):
     def _members_match(self) -> HeterogeneousOptions:
         if self.architectures is not None:
             if not self.architectures:
-                raise ValueError("architectures must list at least one member")
+                raise ValueError("architectures: must list at least one member")
             if "members" in self.model_fields_set and self.members != len(self.architectures):
-                raise ValueError(
-                    f"members ({self.members}) differs from len(architectures) ({len(self.architectures)})"
-                )
+                raise ValueError(f"members: {self.members} differs from len(architectures) ({len(self.architectures)})")
             self.members = len(self.architectures)
         return self
 

@@ -12,7 +12,6 @@ from pydantic import Field
 from torch import nn
 
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
 from ensemblekit.methods.base import METHODS, Method, MethodOptions
 from ensemblekit.training.stage import Stage, stage_from_train
 
@@ -69,9 +68,7 @@ class MCDropout(Method):
     summary = "dropout kept on at test time, S passes (Gal & Ghahramani, 2016)"
 
     def build(self) -> Ensemble:
-        rate = self.cfg.model.dropout or self.options.dropout
-        if not rate:
-            raise UserError("config error: mc_dropout needs a dropout rate > 0 (method.dropout or model.dropout)")
+        rate = self.cfg.model.dropout or self.options.dropout  # > 0: method.dropout is validated > 0
         return MCDropoutEnsemble(self.backbone(dropout=rate), self.options.members)
 
     def recipe(self, ensemble: Ensemble) -> list[Stage]:

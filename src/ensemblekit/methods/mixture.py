@@ -21,12 +21,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, config_error
 from ensemblekit.layers.packed import ForwardState, MemberBatchNorm2d, replace_zero_pad_shortcuts
 from ensemblekit.layers.template import MixtureFactory, RecordingFactory, TemplateBank, TemplateLayer, init_mixture
 from ensemblekit.layers.template_plan import MixturePlan, plan_blob, plan_groups, resolve_budget
-from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, meta_backbone
 from ensemblekit.models.factory import LayerFactory
 from ensemblekit.training.optim import default_param_groups
 from ensemblekit.training.stage import OptimSpec, Stage, stage_from_train
@@ -40,6 +41,19 @@ member, ``packed`` stacks the members on channels (grouped convolutions); ``auto
 # devices. The timings behind the choice: docs/methods/mixture.md, "Execution forms" (benchmarks/bench_mixture.py).
 AUTO_LAYOUT: dict[str, str] = {"cpu": "loop", "cuda": "packed"}
 UNPACKABLE_FAMILIES: tuple[str, ...] = ("densenet",)  # dense concatenation breaks the member-major channel layout
+
+
+def check_packable(family: str | None) -> None:
+    """Refuse the packed layout for a family whose layout it cannot pack (a config error)."""
+    if family in UNPACKABLE_FAMILIES:
+        raise config_error("method.execution", f"packed does not support {family} backbones; use loop or auto")
+
+
+def configured_layout(options: MixtureOptions, cfg: Config) -> Layout:
+    """``method.execution``, or ``runtime.member_execution`` when that forces a form and the method says ``auto``."""
+    if options.execution == "auto" and cfg.runtime.member_execution != "auto":
+        return cfg.runtime.member_execution
+    return options.execution
 
 
 class MixtureEnsemble(Ensemble):
@@ -65,8 +79,8 @@ class MixtureEnsemble(Ensemble):
         self.state = state
         family = getattr(getattr(net, "spec", None), "family", None)
         self.packable = family not in UNPACKABLE_FAMILIES
-        if layout == "packed" and not self.packable:
-            raise UserError(f"mixture: execution: packed does not support {family} backbones; use loop or auto")
+        if layout == "packed":
+            check_packable(family)
         self.layout = layout
 
     @property
@@ -277,11 +291,20 @@ class Mixture(Method):
     Options = MixtureOptions
     summary = "members mix templates of a shared parameter bank (MixtureEnsembles, ICLR submission)"
 
+    @classmethod
+    def check_config(cls, cfg: Config, options: MixtureOptions) -> None:
+        """A packed layout needs a packable built-in family (a custom module's is checked when built).
+
+        The ``param_budget`` is checked when the ensemble is built: it counts the classifier, whose size depends on
+        the number of classes, which only the data tell.
+        """
+        net = meta_backbone(cfg)
+        if net is not None and configured_layout(options, cfg) == "packed":
+            check_packable(net.spec.family)
+
     def build(self) -> Ensemble:
         o = self.options
-        layout = o.execution
-        if layout == "auto" and self.cfg.runtime.member_execution != "auto":
-            layout = self.cfg.runtime.member_execution  # runtime.member_execution: loop|packed forces a layout
+        layout = configured_layout(o, self.cfg)  # runtime.member_execution: loop|packed forces a form
         return build_mixture_ensemble(
             self._make_backbone,
             members=o.members,

@@ -37,8 +37,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import config_error
 from ensemblekit.methods.base import METHODS
 from ensemblekit.methods.heterogeneous import HeterogeneousMembers, HeterogeneousOptions
 from ensemblekit.metrics import inference_flops
@@ -92,9 +93,9 @@ class MotherNetsOptions(HeterogeneousOptions):
     @model_validator(mode="after")
     def _clusters_fit(self) -> MotherNetsOptions:
         if self.clusters > self.members:
-            raise ValueError(f"clusters ({self.clusters}) cannot exceed the number of members ({self.members})")
+            raise ValueError(f"clusters: {self.clusters} cannot exceed the number of members ({self.members})")
         if self.stop == "plateau" and (self.mother_epochs is not None or self.member_epochs is not None):
-            raise ValueError("mother_epochs/member_epochs apply to stop: fixed; with plateau use max_epochs")
+            raise ValueError("stop: mother_epochs/member_epochs apply to stop: fixed; with plateau use max_epochs")
         return self
 
 
@@ -108,13 +109,17 @@ class MotherNets(HeterogeneousMembers):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.options.stop == "plateau" and self.cfg.data.val_size == 0:
-            raise UserError("config error: method.stop: plateau needs a validation split: set data.val_size > 0")
         self.clusters: list[list[int]] = []
         self.mothers = nn.ModuleList()
 
+    @classmethod
+    def check_config(cls, cfg: Config, options: MotherNetsOptions) -> None:
+        """An ensemblekit backbone (members grow from its spec); ``stop: plateau`` needs a validation split."""
+        cls.refuse_custom_model(cfg)
+        if options.stop == "plateau" and cfg.data.val_size == 0:
+            raise config_error("method.stop", "plateau needs a validation split: set data.val_size > 0")
+
     def build(self) -> Ensemble:
-        self.refuse_custom_backbone()
         members = self.member_backbones()
         self.clusters = []
         self.mothers = nn.ModuleList()

@@ -24,8 +24,9 @@ from dataclasses import replace
 import torch
 from pydantic import Field
 
+from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, config_error
 from ensemblekit.layers.packed import ForwardState, replace_zero_pad_shortcuts
 from ensemblekit.layers.packed_ensemble import (
     PackedConv2d,
@@ -35,7 +36,7 @@ from ensemblekit.layers.packed_ensemble import (
     member_rows,
     with_subgroups,
 )
-from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, meta_backbone
 from ensemblekit.models import Backbone, ResNetSpec, build_model, scale_channels
 from ensemblekit.models.preact_resnet import PreActBlock
 from ensemblekit.models.resnet_cifar import BasicBlock
@@ -45,16 +46,22 @@ from ensemblekit.training.stage import Stage, stage_from_train
 PACKABLE_FAMILIES: tuple[str, ...] = ("resnet", "preact_resnet", "wide_resnet")
 
 
+def check_packable(family: str) -> None:
+    """Refuse a backbone family other than the residual ones (a config error: the model does not fit ``packed``)."""
+    if family not in PACKABLE_FAMILIES:
+        raise config_error(
+            "model.name",
+            f"packed supports residual backbones (resnet*, resnet18/preact_resnet, wrn*), not family {family!r}",
+        )
+
+
 def member_spec(spec: ResNetSpec, alpha: float, members: int) -> ResNetSpec:
     """One member's architecture: every channel count of ``spec`` times α/M (rounded half up, at least 1).
 
     Raises:
         UserError: for a backbone family other than the residual ones.
     """
-    if spec.family not in PACKABLE_FAMILIES:
-        raise UserError(
-            f"packed supports residual backbones (resnet*, resnet18/preact_resnet, wrn*), not family {spec.family!r}"
-        )
+    check_packable(spec.family)
     scale = alpha / members
     return replace(
         spec,
@@ -180,8 +187,15 @@ class Packed(Method):
     summary = "M members as one network of grouped convolutions, width x alpha (Laurent et al., 2023)"
     requires = "it builds grouped convolutions from an ensemblekit architecture spec (use a built-in model)"
 
+    @classmethod
+    def check_config(cls, cfg: Config, options: PackedOptions) -> None:
+        """An ensemblekit backbone of a residual family (grouped convolutions are built from its spec)."""
+        cls.refuse_custom_model(cfg)
+        net = meta_backbone(cfg)
+        if net is not None:
+            check_packable(net.spec.family)
+
     def build(self) -> Ensemble:
-        self.refuse_custom_backbone()
         o = self.options
         with torch.device("meta"):  # only the configured architecture is needed (no weights, no RNG draws)
             spec = member_spec(self.backbone().spec, o.alpha, o.members)

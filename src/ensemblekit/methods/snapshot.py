@@ -12,11 +12,12 @@ softmax outputs. Training cost ≈ one model trained T steps; inference and para
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
+from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble, MemberEnsemble
-from ensemblekit.errors import UserError
+from ensemblekit.errors import config_error
 from ensemblekit.methods.base import METHODS, Method, MethodOptions, RunReader
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, stage_from_train
 
@@ -35,6 +36,17 @@ class SnapshotOptions(MethodOptions):
     cycles: int | None = Field(default=None, gt=0)
     cycle_epochs: int | None = Field(default=None, gt=0)
 
+    @model_validator(mode="after")
+    def _enough_cycles(self) -> SnapshotOptions:
+        if self.cycles is not None and self.cycles < self.members:
+            raise ValueError(f"cycles: must be >= members ({self.members})")
+        return self
+
+    @property
+    def num_cycles(self) -> int:
+        """K: ``cycles``, or M when unset."""
+        return self.cycles or self.members
+
 
 def copy_into(slot: nn.Module, worker: nn.Module) -> None:
     """Slot ← worker (parameters and buffers, bitwise)."""
@@ -50,15 +62,19 @@ class Snapshot(Method):
 
     def __init__(self, cfg, num_classes: int, train_size: int, runs: RunReader | None = None) -> None:
         super().__init__(cfg, num_classes, train_size, runs)
-        self.cycles = self.options.cycles or self.options.members
-        if self.cycles < self.options.members:
-            raise UserError(f"config error: method.cycles: must be >= members ({self.options.members})")
-        if self.options.cycle_epochs is None and cfg.train.epochs % self.cycles:
-            raise UserError(
-                f"config error: train.epochs: {cfg.train.epochs} epochs cannot form {self.cycles} equal snapshot "
-                f"cycles (use a multiple of {self.cycles}, or set method.cycle_epochs)"
-            )
+        self.cycles = self.options.num_cycles
         self.worker: nn.Module | None = None
+
+    @classmethod
+    def check_config(cls, cfg: Config, options: SnapshotOptions) -> None:
+        """Without ``cycle_epochs``, ``train.epochs`` must split into K equal cycles (each ends at an epoch)."""
+        k = options.num_cycles
+        if options.cycle_epochs is None and cfg.train.epochs % k:
+            raise config_error(
+                "train.epochs",
+                f"{cfg.train.epochs} epochs cannot form {k} equal snapshot cycles (use a multiple of {k}, or set "
+                "method.cycle_epochs)",
+            )
 
     def build(self) -> Ensemble:
         self.worker = self.backbone()  # built first: the same initialisation as ``single``

@@ -17,9 +17,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method, MethodOptions
+from ensemblekit.errors import config_error
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, stage_count
 from ensemblekit.training.stage import Stage, stage_from_train
 
 
@@ -64,6 +65,12 @@ class TreeNetEnsemble(Ensemble):
         return torch.stack([branch(h) for branch in self.branches], dim=0)
 
 
+def check_shared_stages(shared: int, stages: int) -> None:
+    """Refuse a trunk of more stages than the backbone has."""
+    if shared > stages:
+        raise config_error("method.shared_stages", f"the backbone has {stages} stages, got {shared}")
+
+
 @METHODS.register("treenet")
 class TreeNet(Method):
     """Shared trunk of the first stages, M branches of the rest (Lee et al., 2015)."""
@@ -72,13 +79,19 @@ class TreeNet(Method):
     summary = "shared trunk + M branches, summed loss (Lee et al., 2015)"
     requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
 
+    @classmethod
+    def check_config(cls, cfg: Config, options: TreeNetOptions) -> None:
+        """A backbone with stages (built in, or ``model.stages``), at least ``shared_stages`` of them."""
+        if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
+            cls.refuse_custom_model(cfg)
+        stages = stage_count(cfg)
+        if stages is not None:  # else checked when the backbone is built
+            check_shared_stages(options.shared_stages, stages)
+
     def build(self) -> Ensemble:
-        if not self.cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
-            self.refuse_custom_backbone()
         backbones = [self.backbone() for _ in range(self.options.members)]
-        s, n = self.options.shared_stages, len(backbones[0].stages)
-        if s > n:
-            raise UserError(f"config error: method.shared_stages: the backbone has {n} stages, got {s}")
+        s = self.options.shared_stages
+        check_shared_stages(s, len(backbones[0].stages))
         trunk = nn.Sequential(backbones[0].stem, *backbones[0].stages[:s])
         branches = [nn.Sequential(*b.stages[s:], b.head) for b in backbones]
         return TreeNetEnsemble(trunk, branches)

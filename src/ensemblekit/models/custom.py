@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ensemblekit.errors import UserError, one_line, shorten
+from ensemblekit.errors import UserError, config_error, one_line, shorten
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -62,21 +62,19 @@ def load_factory(path: str) -> Callable[..., Any]:
             non-callable one, in one line.
     """
     if not isinstance(path, str) or not _IMPORT_PATH.match(path):
-        raise UserError(f"config error: model.factory: expected 'package.module:function', got {shorten(path)}")
+        raise config_error("model.factory", f"expected 'package.module:function', got {shorten(path)}")
     module_name, attr = path.split(":", 1)
     try:
         obj: Any = _import(module_name)
     except Exception as exc:  # the user's module may raise anything while importing
         why = one_line(f"{type(exc).__name__}: {exc}", 200)
-        raise UserError(
-            f"config error: model.factory: cannot import {module_name!r} ({why}); is it on PYTHONPATH?"
-        ) from None
+        raise config_error("model.factory", f"cannot import {module_name!r} ({why}); is it on PYTHONPATH?") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise UserError(f"config error: model.factory: {module_name!r} has no attribute {attr!r}")
+            raise config_error("model.factory", f"{module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise UserError(f"config error: model.factory: {path} is not callable")
+        raise config_error("model.factory", f"{path} is not callable")
     return obj
 
 
@@ -94,9 +92,7 @@ def check_factory_options(label: str, factory: Callable[..., Any], kwargs: dict[
     unknown = sorted(str(k) for k in kwargs if k == "num_classes" or (not named_ok and k not in named))
     if unknown:
         valid = ", ".join(n for n in named if n != "num_classes") or "none"
-        raise UserError(
-            f"config error: model.kwargs: model {label} has no option(s) {', '.join(unknown)}; valid: {valid}"
-        )
+        raise config_error("model.kwargs", f"model {label} has no option(s) {', '.join(unknown)}; valid: {valid}")
 
 
 def build_custom_model(label: str, factory: Callable[..., Any], num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
@@ -297,13 +293,13 @@ def staged_backbone(model: nn.Module, starts: list[str], image_shape: tuple[int,
     names = [n for n, _ in layers]
     unknown = [s for s in starts if s not in names]
     if unknown:
-        raise UserError(f"config error: model.stages: no layer {unknown[0]!r}; the layers in order: {', '.join(names)}")
+        raise config_error("model.stages", f"no layer {unknown[0]!r}; the layers in order: {', '.join(names)}")
     cuts = [names.index(s) for s in starts]
     if len(starts) < 2 or cuts != sorted(set(cuts)):
-        raise UserError("config error: model.stages: name >= 1 stage start and then the head start, in layer order")
+        raise config_error("model.stages", "name >= 1 stage start and then the head start, in layer order")
     mods = [m for _, m in layers]
     if not isinstance(mods[-1], nn.Linear):
-        raise UserError(f"config error: model.stages: the last layer {names[-1]!r} must be the nn.Linear classifier")
+        raise config_error("model.stages", f"the last layer {names[-1]!r} must be the nn.Linear classifier")
     stem = nn.Sequential(*mods[: cuts[0]]) if cuts[0] > 0 else nn.Identity()
     stages = [nn.Sequential(*mods[a:b]) for a, b in itertools.pairwise(cuts)]
     head = StagedHead(mods[cuts[-1] : -1], mods[-1])
@@ -320,8 +316,9 @@ def staged_backbone(model: nn.Module, starts: list[str], image_shape: tuple[int,
         model.train(was_training)
     if not same:
         shape = "x".join(map(str, image_shape))
-        raise UserError(
-            "config error: model.stages: the module's forward is not its layers applied in order (nested "
-            f"nn.Sequential expanded; checked on random {shape} images), so it cannot be split"
+        raise config_error(
+            "model.stages",
+            "the module's forward is not its layers applied in order (nested "
+            f"nn.Sequential expanded; checked on random {shape} images), so it cannot be split",
         )
     return staged.train(was_training)

@@ -29,8 +29,9 @@ from typing import Any
 import yaml
 
 from ensemblekit.atomic import atomic_write_bytes, temp_name_pattern
-from ensemblekit.config import Config, config_from_dict, config_to_dict, read_yaml
+from ensemblekit.config import Config, config_to_dict, read_yaml
 from ensemblekit.errors import UserError, one_line
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs.lock import LOCK_NAME
 
 RUN_FILES = (

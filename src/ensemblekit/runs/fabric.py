@@ -15,7 +15,7 @@ from torch import nn
 
 from ensemblekit.config import Config
 from ensemblekit.data import DataBundle
-from ensemblekit.errors import UserError, first_line
+from ensemblekit.errors import config_error, first_line
 from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.training.engine import Engine
 from ensemblekit.training.progress import Progress
@@ -43,7 +43,7 @@ def make_fabric(cfg: Config):
                 precision=precision,
             )
         except (ValueError, RuntimeError, TypeError) as exc:
-            raise UserError(f"config error: runtime: {first_line(exc)}") from None
+            raise config_error("runtime", first_line(exc)) from None
         fabric.launch()
     if rt.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from ensemblekit.atomic import write_json
-from ensemblekit.config import config_from_dict, config_to_dict
+from ensemblekit.config import config_to_dict
 from ensemblekit.errors import UserError
 from ensemblekit.methods.subnetwork.options import SubnetworkOptions, group_size, is_partitioned
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs.costs import describe_costs, model_cost_fields
 from ensemblekit.runs.directory import read_metrics, read_run_config, write_run_config
 from ensemblekit.runs.evaluate import evaluate_ensemble
@@ -47,7 +48,7 @@ def grown_config(cfg, old_members: int, children: int):
     raw = config_to_dict(cfg)
     raw.pop("meta", None)
     method = raw["method"]
-    opts = SubnetworkOptions.model_validate(cfg.method.options())
+    opts: SubnetworkOptions = cfg.method.resolved_options()
     if is_partitioned(opts) and opts.partition_parts is None:
         if old_members < 2:
             raise UserError(
@@ -81,12 +82,12 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     if not model_path.is_file():
         raise UserError(f"grow: {run_dir} has no model.pt (the run has not finished)")
     old_record = read_metrics(run_dir)
-    old_opts = cfg.method.options()
-    old_members = int(old_opts.get("members", SubnetworkOptions.model_fields["members"].default))
-    if old_opts.get("candidates") not in (None, old_members):
+    old_opts: SubnetworkOptions = cfg.method.resolved_options()
+    old_members = old_opts.members
+    if old_opts.candidates not in (None, old_members):
         raise UserError("grow: this run selected its members from more candidates; growing it is not supported")
+    _check_group_multiple(old_opts, children)  # before the grown config is resolved (it would refuse odd groups)
     new_cfg = grown_config(cfg, old_members, children)
-    _check_group_multiple(new_cfg, children)
 
     fabric = make_fabric(new_cfg)
     data = load_run_data(new_cfg)
@@ -141,9 +142,12 @@ def _grow(run_dir: str | Path, children: int, *, quiet: bool = True) -> dict[str
     return record
 
 
-def _check_group_multiple(new_cfg, children: int) -> None:
-    """Refuse ``--children`` that cannot form whole groups (anti-random pairs, partitions of k) in one line."""
-    opts = SubnetworkOptions.model_validate(new_cfg.method.options())
+def _check_group_multiple(opts: SubnetworkOptions, children: int) -> None:
+    """Refuse ``--children`` that cannot form whole groups (anti-random pairs, partitions of k) in one line.
+
+    ``opts`` are the run's own options: an unset ``partition_parts`` is the run's group size (``members``), which
+    :func:`grown_config` records.
+    """
     size = group_size(opts, opts.candidates or opts.members)
     if size > 1 and children % size:
         what = f"{opts.masks} children come in pairs" if size == 2 else f"children come in groups of {size}"

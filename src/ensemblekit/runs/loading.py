@@ -24,6 +24,7 @@ from ensemblekit.data import DataBundle, ImageTensors, load_data
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import UserError, first_line
 from ensemblekit.methods import Method, build_method
+from ensemblekit.resolve import resolve_method_section
 from ensemblekit.runs.directory import read_metrics, read_run_config
 from ensemblekit.runs.extend import config_differences
 from ensemblekit.runs.fabric import use_channels_last
@@ -131,6 +132,8 @@ def check_model_identity(path: Path, state: dict[str, Any], cfg: Config) -> None
     """
     current = model_identity(cfg)
     saved = state.get("identity")
+    if isinstance(saved, dict) and isinstance(saved.get("method"), dict):  # recorded before options were resolved
+        saved = {**saved, "method": resolve_method_section(saved["method"])}
     if saved is None:
         saved = {"method": {"name": state.get("method")}, "model": {"name": state.get("backbone")}}
         current = {"method": {"name": cfg.method.name}, "model": {"name": cfg.model.name}}

@@ -14,7 +14,7 @@ import math
 
 from torch import nn
 
-from ensemblekit.errors import UserError
+from ensemblekit.errors import config_error
 from ensemblekit.methods.fission.network import FissionNetwork, copies_per_stage
 from ensemblekit.models import Backbone, ResNetSpec
 from ensemblekit.pruning.masks import MaskEnforcement, add_masks, prunable_layers
@@ -39,11 +39,10 @@ def fission_names(name: str, copies: list[int]) -> list[str]:
     return [".".join(["stages", str(s), str(p), *parts[2:]]) for p in range(copies[s])]
 
 
-def check_exits(backbone: Backbone, exits: int) -> None:
-    """N exits need at least N stages (exit k branches after stage k, k <= N − 1 <= K − 1)."""
-    k = len(backbone.stages)
+def check_exits(k: int, exits: int) -> None:
+    """N exits need at least N of the backbone's K stages (exit k branches after stage k, k <= N − 1 <= K − 1)."""
     if exits > k:
-        raise UserError(f"method.members: {exits} exits need a backbone with >= {exits} stages; it has {k}")
+        raise config_error("method.members", f"{exits} exits need a backbone with >= {exits} stages; it has {k}")
 
 
 def from_backbones(nets: list[Backbone], exits: int) -> FissionNetwork:
@@ -84,9 +83,9 @@ def path_width(channels: int, copies: int, density: float) -> int:
 def thin_spec(spec: ResNetSpec, exits: int, density: float) -> ResNetSpec:
     """The spec of one path's thin network: stage s at :func:`path_width` with c_s = min(s + 1, N) copies."""
     if not isinstance(spec, ResNetSpec):
-        raise UserError(
-            f"method.grouping: channels supports the residual families (resnet, preact_resnet, wide_resnet); "
-            f"got {spec.family}"
+        raise config_error(
+            "method.grouping",
+            f"channels supports the residual families (resnet, preact_resnet, wide_resnet); got {spec.family}",
         )
     copies = copies_per_stage(spec.num_stages, exits)
     widths = tuple(path_width(c, n, density) for c, n in zip(spec.stage_channels, copies, strict=True))

@@ -32,9 +32,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.errors import UserError
-from ensemblekit.methods.base import METHODS, Method, MethodOptions, RecordContext
+from ensemblekit.methods.base import METHODS, Method, MethodOptions, RecordContext, meta_backbone, stage_count
 from ensemblekit.methods.fission.build import (
     check_exits,
     masked_fission,
@@ -110,23 +110,30 @@ class FissionOptions(MethodOptions):
     reference: Literal["corrected", "official"] = "corrected"
     path_execution: Literal["auto", "loop", "packed"] = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _official_paths_independent(cls, data: Any) -> Any:
+        """``reference: official`` resolves an unset ``path_init`` to ``independent`` (what the official code does)."""
+        if isinstance(data, dict) and data.get("reference") == "official" and data.get("path_init") is None:
+            return {**data, "path_init": "independent"}
+        return data
+
     @model_validator(mode="after")
     def _official_fits(self) -> FissionOptions:
         if self.path_execution == "packed" and self.grouping != "channels":
-            raise UserError(
-                "config error: method.path_execution: packed needs grouping: channels (masked copies always loop); "
-                "use auto or loop"
+            raise ValueError(
+                "path_execution: packed needs grouping: channels (masked copies always loop); use auto or loop"
             )
         if self.reference != "official":
             return self
         if self.grouping == "channels":
-            raise UserError(
-                "config error: method.reference: official reproduces the official code's masked copies; "
+            raise ValueError(
+                "reference: official reproduces the official code's masked copies; "
                 "use grouping balanced or bernoulli, not channels"
             )
-        if "path_init" in self.model_fields_set and self.path_init == "split":
-            raise UserError(
-                "config error: method.path_init: split contradicts reference: official "
+        if self.path_init == "split":
+            raise ValueError(
+                "path_init: split contradicts reference: official "
                 "(the official code initialises every path independently); drop path_init"
             )
         return self
@@ -142,6 +149,18 @@ class Fission(Method):
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
     requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
 
+    @classmethod
+    def check_config(cls, cfg: Config, options: FissionOptions) -> None:
+        """N exits need N backbone stages; ``grouping: channels`` needs a residual family (built-in backbones)."""
+        if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
+            cls.refuse_custom_model(cfg)
+        stages = stage_count(cfg)
+        if stages is not None:  # else checked when the backbone is built
+            check_exits(stages, options.members)
+        net = meta_backbone(cfg)
+        if net is not None and options.grouping == "channels":
+            thin_spec(net.spec, options.members, 1.0 - options.sparsity)
+
     # -- structure -----------------------------------------------------------------------------
     def reference(self, dropout: bool = False) -> Backbone:
         """The backbone that is scored and split; a pure function of ``train.seed`` (the RNG is left untouched).
@@ -153,11 +172,9 @@ class Fission(Method):
             return self.backbone() if dropout else self.backbone(dropout=0.0)
 
     def build(self) -> Ensemble:
-        if not self.cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
-            self.refuse_custom_backbone()
         o = self.options
         ref = self.reference(dropout=True)
-        check_exits(ref, o.members)
+        check_exits(len(ref.stages), o.members)
         if o.grouping == "channels":
             spec = thin_spec(ref.spec, o.members, 1.0 - o.sparsity)
             net = thin_fission([build_model(spec) for _ in range(o.members)], o.members)

@@ -28,17 +28,12 @@ import torch
 from torch import nn
 
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.methods.fission.packed_paths import PathExecution, PathPacker, resolve_path_execution
+from ensemblekit.methods.fission.packed_paths import PathExecution, PathPacker, resolve_path_execution, source_copy
 
 
 def copies_per_stage(num_stages: int, exits: int) -> list[int]:
     """Number of copies of each stage (0-based s): c_s = min(s + 1, N)."""
     return [min(s + 1, exits) for s in range(num_stages)]
-
-
-def source_copy(path: int, stage: int) -> int:
-    """The copy of ``stage`` (0-based) that ``path`` runs: its own (``path``) once branched, else the main one (0)."""
-    return path if path <= stage else 0
 
 
 class FissionNetwork(Ensemble):

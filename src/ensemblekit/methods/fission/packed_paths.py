@@ -34,6 +34,11 @@ from ensemblekit.training.packed_members import architecture_signature
 PathExecution = Literal["auto", "loop", "packed"]
 
 
+def source_copy(path: int, stage: int) -> int:
+    """The copy of ``stage`` (0-based) that ``path`` runs: its own (``path``) once branched, else the main one (0)."""
+    return path if path <= stage else 0
+
+
 def resolve_path_execution(setting: PathExecution, device: torch.device) -> Literal["loop", "packed"]:
     """``loop`` or ``packed`` for ``method.path_execution`` on ``device``.
 
@@ -118,8 +123,6 @@ class PathPacker:
         main path's (copy 0). Stages whose copies cannot pack (:func:`packable`) or carry forward hooks
         (:func:`hooked`) run their copies one by one.
         """
-        from ensemblekit.methods.fission.network import source_copy
-
         feats = [stem(x)]  # feats[p]: the output of copy p of the previous stage
         for s, copies in enumerate(stages):
             inputs = [feats[source_copy(p, s - 1)] if s > 0 else feats[0] for p in range(len(copies))]

@@ -19,7 +19,8 @@ from torch import nn
 
 from ensemblekit.errors import UserError
 from ensemblekit.methods.fission.build import fission_names
-from ensemblekit.methods.fission.network import FissionNetwork, copies_per_stage, source_copy
+from ensemblekit.methods.fission.network import FissionNetwork, copies_per_stage
+from ensemblekit.methods.fission.packed_paths import source_copy
 from ensemblekit.models.shortcuts import ProjectionShortcut
 from ensemblekit.pruning.grouping import GROUPINGS, balanced_chunks
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ensemblekit.config import config_to_dict
-from ensemblekit.errors import UserError
+from ensemblekit.config import Config, config_to_dict
+from ensemblekit.errors import config_error
 from ensemblekit.methods.base import METHODS, Method, RecordContext, RunReader
 from ensemblekit.methods.subnetwork import anneal, noise
 from ensemblekit.methods.subnetwork.ensemble import SubnetworkEnsemble
@@ -43,13 +43,6 @@ from ensemblekit.pruning import add_masks, prunable_layers, set_masks
 from ensemblekit.pruning import subnetwork_masks as sm
 from ensemblekit.training.stage import ScheduleSpec, Stage, StageContext, StageHooks, optim_from_train, stage_from_train
 
-PAIRED_MASKS = ("anti_random", "anti_random_neurons")
-"""Mask kinds whose children come in complementary pairs (child 2k and 2k + 1 share one draw)."""
-
-
-def _fail(field: str, message: str) -> UserError:
-    return UserError(f"config error: method.{field}: {message}")
-
 
 @METHODS.register("subnetwork")
 class Subnetwork(Method):
@@ -62,25 +55,16 @@ class Subnetwork(Method):
         super().__init__(cfg, num_classes, train_size, runs)
         o: SubnetworkOptions = self.options  # type: ignore[assignment]
         self.candidates = o.candidates or o.members
-        if self.candidates < o.members:
-            raise _fail("candidates", f"must be >= members ({o.members}), got {self.candidates}")
-        if self.candidates > o.members and cfg.data.val_size == 0:
-            raise _fail("candidates", "selecting the top members needs a validation split: set data.val_size > 0")
-        if o.parent_run is not None and o.parent_weights is not None:
-            raise _fail("parent_run", "give parent_run or parent_weights, not both")
-        if o.family in MASKED_FAMILIES or o.noise_decomposition:
-            self._check_groups(o)
         self._targets: dict[int, dict[str, torch.Tensor]] = {}
         self._warned_identical = False
 
-    def _check_groups(self, o: SubnetworkOptions) -> None:
-        if o.family in MASKED_FAMILIES and o.masks in (*PAIRED_MASKS, "partition") and o.sparsity is not None:
-            raise _fail("sparsity", f"{o.masks} masks fix their own sparsity; remove method.sparsity")
-        size = self.group_size
-        if size > 1 and self.candidates % size:
-            what = f"{o.masks} pairs" if size == 2 and o.masks in PAIRED_MASKS else f"groups of {size}"
-            field = "candidates" if o.candidates is not None else "members"  # name the field the user set
-            raise _fail(field, f"{self.candidates} children cannot form {what} (use a multiple of {size})")
+    @classmethod
+    def check_config(cls, cfg: Config, options: SubnetworkOptions) -> None:
+        """Selecting the top ``members`` of more ``candidates`` needs a validation split (never test data)."""
+        if (options.candidates or options.members) > options.members and cfg.data.val_size == 0:
+            raise config_error(
+                "method.candidates", "selecting the top members needs a validation split: set data.val_size > 0"
+            )
 
     # ------------------------------------------------------------------ structure
     @property

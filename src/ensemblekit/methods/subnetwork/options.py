@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ensemblekit.methods.base import MethodOptions
 
 MASKED_FAMILIES = ("sparse", "stochastic")
 """Families whose children carry weight masks."""
+
+PAIRED_MASKS = ("anti_random", "anti_random_neurons")
+"""Mask kinds whose children come in complementary pairs (child 2k and 2k + 1 share one draw)."""
 
 
 class SubnetworkOptions(MethodOptions):
@@ -75,6 +78,25 @@ class SubnetworkOptions(MethodOptions):
     child_lr: float | None = Field(default=None, gt=0)
     child_schedule: Literal["onecycle", "constant", "cosine"] = "onecycle"
 
+    @model_validator(mode="after")
+    def _children_fit(self) -> SubnetworkOptions:
+        """Candidates >= members, one parent source, and children that form whole pairs or partitions."""
+        candidates = self.candidates or self.members
+        if candidates < self.members:
+            raise ValueError(f"candidates: must be >= members ({self.members}), got {candidates}")
+        if self.parent_run is not None and self.parent_weights is not None:
+            raise ValueError("parent_run: give parent_run or parent_weights, not both")
+        if self.family not in MASKED_FAMILIES and not self.noise_decomposition:
+            return self
+        if self.family in MASKED_FAMILIES and self.masks in (*PAIRED_MASKS, "partition") and self.sparsity is not None:
+            raise ValueError(f"sparsity: {self.masks} masks fix their own sparsity; remove method.sparsity")
+        size = group_size(self, candidates)
+        if size > 1 and candidates % size:
+            what = f"{self.masks} pairs" if size == 2 and self.masks in PAIRED_MASKS else f"groups of {size}"
+            field = "candidates" if self.candidates is not None else "members"  # name the field the user set
+            raise ValueError(f"{field}: {candidates} children cannot form {what} (use a multiple of {size})")
+        return self
+
 
 def group_size(o: SubnetworkOptions, candidates: int) -> int:
     """Children sharing one random draw (a group).
@@ -84,7 +106,7 @@ def group_size(o: SubnetworkOptions, candidates: int) -> int:
     """
     if is_partitioned(o):
         return o.partition_parts or candidates
-    if o.family in MASKED_FAMILIES and o.masks in ("anti_random", "anti_random_neurons"):
+    if o.family in MASKED_FAMILIES and o.masks in PAIRED_MASKS:
         return 2
     return 1
 
