@@ -1,7 +1,7 @@
 """MixtureEnsembles execution forms: packed (grouped convolutions) vs loop (one pass per member), one run.
 
 Times a training step (forward, loss, backward, SGD step) and an eval forward of a MixtureEnsemble on
-resnet20 with M members, in both memory formats (contiguous NCHW, and channels-last as the runner uses on
+resnet20 with M members, in both memory formats (contiguous NCHW, and channels-last as runs use on
 CPU). Loop and packed runs are interleaved over ``--repeats`` rounds and the median is kept, so both share
 the machine's noise; the printed ratio ``packed / loop`` < 1 means packed is faster. The default of
 ``execution: auto`` per device type (``AUTO_LAYOUT`` in ``ensemblekit.methods.mixture``) follows this.
