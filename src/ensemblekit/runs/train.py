@@ -106,7 +106,7 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
     stages, notes = pack_member_stages(
         recipe, cfg.runtime.member_execution, fabric.device, world_size=fabric.world_size
     )
-    if has_checkpoint:  # continue in the execution form the checkpoint was written in
+    if has_checkpoint and not member_parallel(cfg, fabric):  # continue in the form the checkpoint was written in
         saved_names = load_checkpoint(checkpoint_path(run_dir)).get("stage_names")
         stages = (repack_like(recipe, saved_names) if saved_names else None) or stages
     for note in notes:

@@ -91,6 +91,13 @@ def state_tensors(modules: dict[str, nn.Module]) -> list[tuple[str, torch.Tensor
     return [(f"{name}.{key}", t) for name, m in modules.items() for key, t in m.state_dict().items()]
 
 
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors hold the same values, NaN equal to NaN (an unset score is not a change)."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def broadcast_changes(tensors: list[tuple[str, torch.Tensor]], before: list[torch.Tensor], rank: int, world: int):
     """Give every rank the tensors that one rank changed since ``before`` (its copy at the wave's start).
 
@@ -102,7 +109,7 @@ def broadcast_changes(tensors: list[tuple[str, torch.Tensor]], before: list[torc
     import torch.distributed as dist
 
     device = tensors[0][1].device if tensors else torch.device("cpu")
-    changed = torch.tensor([not torch.equal(t, b) for (_, t), b in zip(tensors, before)], dtype=torch.int64)
+    changed = torch.tensor([not same_values(t, b) for (_, t), b in zip(tensors, before)], dtype=torch.int64)
     owner = torch.where(changed.bool(), rank, -1).to(device)
     count = changed.to(device)
     dist.all_reduce(count)
@@ -136,7 +143,7 @@ def broadcast_changes(tensors: list[tuple[str, torch.Tensor]], before: list[torc
 
 
 def merge_costs(meter: TrainCostMeter, states: list[dict[str, Any]], order: list[str]) -> None:
-    """Add the ranks' cost-meter stages (``states``: one ``state_dict`` per rank) to ``meter``, in ``order``."""
+    """Add the ranks' cost-meter stages (``states``: one ``state_dict`` per rank) to ``meter``; stages in ``order``."""
     totals: dict[str, dict[str, float]] = {}
     for state in states:
         for s in state["stages"]:
@@ -154,6 +161,7 @@ def merge_costs(meter: TrainCostMeter, states: list[dict[str, Any]], order: list
         for key, value in totals[name].items():
             entry[key] += value
         merged["current_stage"] = name
+    merged["stages"].sort(key=lambda entry: rank.get(entry["name"], len(rank)))  # stable: unknown names keep order
     meter.load_state_dict(merged)
 
 
