@@ -113,9 +113,10 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
         engine.progress.message(note)
     engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)
     resume_from = checkpoint_path(run_dir) if has_checkpoint else None
+    trainer = engine  # the engine whose loaders trained the stages (one process's data, member-parallel)
     if member_parallel(cfg, fabric):
-        local = _rank_engine(cfg, fabric, data, method.state_modules(ensemble), costs, run_dir, quiet, progress)
-        MemberParallelRun(engine, local, fabric).run(stages, resume_from=resume_from)
+        trainer = _rank_engine(cfg, fabric, data, method.state_modules(ensemble), costs, run_dir, quiet, progress)
+        MemberParallelRun(engine, trainer, fabric).run(stages, resume_from=resume_from)
     else:
         engine.run(stages, resume_from=resume_from)
 
@@ -150,7 +151,7 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
         },
     }
     if hasattr(method, "update_record"):  # method-specific entries (e.g. sparse costs of subnetwork children)
-        method.update_record(record, ensemble, engine)
+        method.update_record(record, ensemble, trainer)
     if fabric.global_rank == 0:
         save_model(run_dir / "model.pt", cfg, ensemble, data)
         write_json(run_dir / "metrics.json", record)
