@@ -1,9 +1,9 @@
 """Scaling out, as ratios measured in one run (compare, don't quote absolute times).
 
 1. Member-parallel training of one run (``runtime.parallel: members``): a 4-member tiny deep ensemble trained
-   sequentially (1 process x 2 threads) vs member-parallel (2 processes x 1 thread), each one ``ensemblekit train``
-   command. Speed-up = the sequential command's wall time / the member-parallel one's; in brackets the same from
-   the run's ``train_start`` to ``train_end`` events (without imports and process launch).
+   sequentially (1 process x 2 threads, and x 1 thread) vs member-parallel (2 processes x 1 thread), each one
+   ``ensemblekit train`` command. Speed-up = the sequential (2 threads) command's wall time / the other's; in
+   brackets the same from the run's ``train_start`` to ``train_end`` events (without imports and process launch).
 2. A suite of 4 tiny runs: ``bench`` with the sequential executor (1 process x 2 threads, and x 1 thread)
    vs ``--executor local --jobs 2`` (2 processes x 1 thread) vs ``--executor ray`` on a local Ray instance
    with 2 CPUs (2 workers x 1 thread; Ray's start-up is reported apart). Speed-up = the sequential executor's
@@ -41,6 +41,7 @@ def member_parallel(train_size: int, epochs: float) -> None:
     }
     setups = {
         "sequential": {"accelerator": "cpu", "num_threads": 2},
+        "sequential1": {"accelerator": "cpu", "num_threads": 1},
         "members": {"accelerator": "cpu", "num_threads": 1, "devices": 2, "strategy": "ddp", "parallel": "members"},
     }
     wall, train_wall = {}, {}
@@ -62,6 +63,9 @@ def member_parallel(train_size: int, epochs: float) -> None:
     print(f"1. 4-member deep ensemble (resnet8 x0.25, {train_size} images, {epochs} epochs per member); "
           f"{os.cpu_count()} CPU cores; command wall time (training + evaluation only)")  # fmt: skip
     print(f"   sequential, 1 process x 2 threads:     {seq:7.1f} s ({seq_t:6.1f} s)   speed-up 1.00")
+    one, one_t = wall["sequential1"], train_wall["sequential1"]
+    print(f"   sequential, 1 process x 1 thread:      {one:7.1f} s ({one_t:6.1f} s)   "
+          f"speed-up {seq / one:.2f} ({seq_t / one_t:.2f})")  # fmt: skip
     print(f"   parallel: members, 2 x 1 thread:       {par:7.1f} s ({par_t:6.1f} s)   "
           f"speed-up {seq / par:.2f} ({seq_t / par_t:.2f})")  # fmt: skip
 
