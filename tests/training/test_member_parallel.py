@@ -181,3 +181,19 @@ def test_member_parallel_refuses_what_it_cannot_combine_with(tmp_path, runtime, 
     with pytest.raises(UserError, match=message):
         train(cfg, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_removes_a_killed_member_parallel_runs_wave_files(tmp_path):
+    from ensemblekit.runs.directory import litter, prepare_run_dir
+
+    run = tmp_path / "run"
+    (run / "ranks" / "1").mkdir(parents=True)
+    (run / "ranks" / "1" / "log.csv").write_text("stage,epoch\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "rank1.pt").write_bytes(b"x")
+    (run / "checkpoints" / ".rank1.pt.abc.tmp").write_bytes(b"x")  # a kill during its atomic write
+    assert [p.name for p in litter(run)] == [".rank1.pt.abc.tmp"]
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare_run_dir(run, resume=False, overwrite=False)
+    prepare_run_dir(run, resume=False, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == []
