@@ -270,7 +270,7 @@ class MemberParallelRun:
         order = [*done, *(n for n in names if n not in set(done))]
         if self.rank == 0 and self.engine.run_dir is not None:
             merge_rank_logs(self.engine.logger, [x for x in all_logs if x], order)
-        self.engine._stage_names = order
+        self.engine._stage_names = order  # what the checkpoint's stage_index counts in (Engine.run sets it itself)
         self.engine.save(len(done), 0, 0)  # rank 0 writes, all wait
         self._remove_rank_files()
 
