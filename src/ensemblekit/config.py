@@ -212,6 +212,9 @@ class RuntimeConfig(_Section):
     """``run``: evaluation forwards under the run's precision (softmax and metrics in float32); ``32``: float32."""
     compile: Literal["off", "default", "reduce-overhead"] = "off"
     """``torch.compile`` mode of the trained modules (``off``: eager)."""
+    parallel: Literal["none", "members"] = "none"
+    """``members``: with several processes, stages that do not need one another (deep-ensemble members, ...) train
+    on different processes at once, without gradient all-reduce (docs/scaling.md); ``none``: data parallel."""
 
     @field_validator("strategy")
     @classmethod

@@ -57,6 +57,7 @@ class Bagging(HeterogeneousMembers):
                 self.cfg.train,
                 data_seed=self.member_seed(i),
                 train_indices=bootstrap_indices(self.train_size, size, self.sample_seed(i)),
+                needs=(),
             )
             for i, member in enumerate(ensemble.members)
         ]

@@ -43,6 +43,6 @@ class DeepEnsemble(Method):
         if self.options.training == "joint":
             return [stage_from_train("joint", ensemble, train, data_seed=self.member_seed(0))]
         return [
-            stage_from_train(f"member_{i}", member, train, data_seed=self.member_seed(i))
+            stage_from_train(f"member_{i}", member, train, data_seed=self.member_seed(i), needs=())
             for i, member in enumerate(ensemble.members)
         ]

@@ -143,7 +143,9 @@ class Distillation(HeterogeneousMembers):
     def recipe(self, ensemble: Ensemble) -> list[Stage]:
         train, o = self.cfg.train, self.options
         stages = []
+        needs: tuple[str, ...] = ()  # a teacher_run is read when the ensemble is built
         if o.teacher_run is None:
+            needs = ("teacher",)
             epochs = train.epochs if o.teacher_epochs is None else o.teacher_epochs
             stages.append(
                 stage_from_train("teacher", self.teacher, train, epochs=epochs, data_seed=train.seed * 1000 + 900)
@@ -160,6 +162,7 @@ class Distillation(HeterogeneousMembers):
                     data_seed=self.member_seed(i),
                     loss=signal.loss,
                     prepare_batch=signal.prepare,
+                    needs=needs,
                 )
             )
         return stages

@@ -173,6 +173,7 @@ class MotherNets(HeterogeneousMembers):
                     data_seed=train.seed * 1000 + 500 + k,
                     hooks=StageHooks(at_end=[hook]),
                     stop=stop,
+                    needs=(),
                 )
             )
         optim = optim_from_train(train)
@@ -188,6 +189,7 @@ class MotherNets(HeterogeneousMembers):
                     optim=optim,
                     data_seed=self.member_seed(i),
                     stop=stop,
+                    needs=tuple(f"mother_{k}" for k, cluster in enumerate(self.clusters) if i in cluster),
                 )
             )
         return stages

@@ -41,6 +41,7 @@ RUN_FILES = (
     "tensorboard",
     "events.jsonl",
     "checkpoints",
+    "ranks",  # member-parallel training: each process's logs of the running wave
     "model.pt",
     "metrics.json",
     "eval.json",
@@ -76,7 +77,7 @@ def litter(run_dir: Path) -> list[Path]:
     found = [p for p in (run_dir / LOCK_NAME,) if p.is_file()]
     for folder in (run_dir, run_dir / "checkpoints"):
         if folder.is_dir():
-            for name in (*RUN_FILES, "last.pt"):
+            for name in (*RUN_FILES, "last.pt", "rank*.pt"):
                 found += [p for p in folder.glob(temp_name_pattern(name)) if p.is_file()]
     return found
 

@@ -51,6 +51,21 @@ def make_fabric(cfg: Config):
     return fabric
 
 
+def make_rank_fabric(cfg: Config, fabric):
+    """A one-process Fabric on this rank's device (member-parallel training: no DDP wrapping, no all-reduce).
+
+    It shares the run's precision; its rank is 0 and its world size 1, whatever the launched ``fabric``'s are.
+    """
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import SingleDeviceStrategy
+
+    precision = "32-true" if cfg.runtime.precision == "32" else cfg.runtime.precision
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        accelerator = "cuda" if fabric.device.type == "cuda" else fabric.device.type
+        return Fabric(accelerator=accelerator, strategy=SingleDeviceStrategy(device=fabric.device), precision=precision)
+
+
 def use_cudnn_benchmark(cfg: Config, device: torch.device) -> bool:
     """Whether cuDNN autotunes its convolution algorithms (``auto``: on CUDA unless ``runtime.deterministic``)."""
     setting = cfg.runtime.cudnn_benchmark

@@ -22,12 +22,13 @@ from ensemblekit.runs.costs import describe_costs, model_cost_fields
 from ensemblekit.runs.directory import checkpoint_path, prepare_run_dir, read_run_config, write_run_config
 from ensemblekit.runs.evaluate import evaluate_ensemble
 from ensemblekit.runs.extend import check_resume_config, mark_stale, rewind_finished_checkpoint
-from ensemblekit.runs.fabric import make_engine, make_fabric
+from ensemblekit.runs.fabric import make_engine, make_fabric, make_rank_fabric
 from ensemblekit.runs.loading import build_ensemble, load_run_data, save_model
 from ensemblekit.runs.lock import run_lock
 from ensemblekit.runs.record import add_method_extras, record_context, validate_record
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.logs import RunLogger, check_logger_available
+from ensemblekit.training.member_parallel import MemberParallelRun, rank_paths
 from ensemblekit.training.packed_members import pack_member_stages, repack_like
 
 
@@ -49,6 +50,7 @@ def train(
     data directly (:func:`ensemblekit.fit`) instead of the config's.
     """
     check_logger_available(cfg.runtime.logger)
+    check_member_parallel(cfg)
     run_dir = Path(out)
     fabric = make_fabric(cfg)
     data = load_run_data(cfg, quiet) if data is None else data  # missing data is refused before anything is written
@@ -105,13 +107,19 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
     stages, notes = pack_member_stages(
         recipe, cfg.runtime.member_execution, fabric.device, world_size=fabric.world_size
     )
-    if has_checkpoint:  # continue in the execution form the checkpoint was written in
+    if has_checkpoint and not member_parallel(cfg, fabric):  # continue in the form the checkpoint was written in
         saved_names = load_checkpoint(checkpoint_path(run_dir)).get("stage_names")
         stages = (repack_like(recipe, saved_names) if saved_names else None) or stages
     for note in notes:
         engine.progress.message(note)
     engine.logger.event("train_start", method=cfg.method.name, stages=[s.name for s in stages], resume=resume)
-    engine.run(stages, resume_from=checkpoint_path(run_dir) if has_checkpoint else None)
+    resume_from = checkpoint_path(run_dir) if has_checkpoint else None
+    trainer = engine  # the engine whose loaders trained the stages (one process's data, member-parallel)
+    if member_parallel(cfg, fabric):
+        trainer = _rank_engine(cfg, fabric, data, method.state_modules(ensemble), costs, run_dir, quiet, progress)
+        MemberParallelRun(engine, trainer, fabric).run(stages, resume_from=resume_from)
+    else:
+        engine.run(stages, resume_from=resume_from)
 
     torch.manual_seed(cfg.train.seed + 1)  # stochastic evaluation (MC dropout) is reproducible
     result = evaluate_ensemble(
@@ -142,13 +150,44 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
             "source": data.source,
         },
     }
-    add_method_extras(record, method, ensemble, record_context(engine, record["costs"]))
+    add_method_extras(record, method, ensemble, record_context(trainer, record["costs"]))
     if fabric.global_rank == 0:
         save_model(run_dir / "model.pt", cfg, ensemble, data)
         validate_record(record)  # the schema of metrics.json (runs/record.py)
         write_json(run_dir / "metrics.json", record)
         engine.logger.event("train_end", metrics=result["metrics"])
     return record
+
+
+def check_member_parallel(cfg: Config) -> None:
+    """Refuse, in one line, what ``runtime.parallel: members`` cannot be combined with."""
+    rt = cfg.runtime
+    if rt.parallel != "members":
+        return
+    if rt.member_execution == "packed":
+        raise UserError(
+            "runtime.parallel: members trains each member on its own process; it cannot pack members "
+            "(set runtime.member_execution: loop or auto)"
+        )
+    if rt.logger == "tensorboard":
+        raise UserError("runtime.parallel: members writes csv logs only (set runtime.logger: csv)")
+
+
+def member_parallel(cfg: Config, fabric) -> bool:
+    """Whether this run trains member-parallel: ``runtime.parallel: members`` with more than one process."""
+    return cfg.runtime.parallel == "members" and fabric.world_size > 1
+
+
+def _rank_engine(cfg, fabric, data, modules, costs, run_dir, quiet, progress):
+    """This rank's one-process engine: logs in ``ranks/<rank>/``, checkpoint ``checkpoints/rank<rank>.pt``."""
+    log_dir, checkpoint = rank_paths(run_dir, fabric.global_rank)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    shown = "quiet" if quiet or fabric.global_rank != 0 else progress
+    rng = torch.get_rng_state()  # make_engine seeds torch: the run's RNG stays as the run's engine left it
+    local = make_engine(cfg, make_rank_fabric(cfg, fabric), data, modules, costs, run_dir=log_dir, progress=shown)
+    torch.set_rng_state(rng)
+    local.checkpoint_path = checkpoint
+    return local
 
 
 def default_out_dir(cfg: Config) -> Path:

@@ -108,6 +108,17 @@ class RunLogger:
             _rewrite_csv(path, STEP_FIELDS, keep)
         return len(rows) - len(keep)
 
+    def keep_steps_of(self, stages: list[str]) -> int:
+        """Keep only the ``steps.csv`` rows of ``stages`` (a resumed member-parallel run); returns how many went."""
+        if self.run_dir is None or not (self.run_dir / "steps.csv").exists():
+            return 0
+        path = self.run_dir / "steps.csv"
+        rows = list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8", errors="replace"), newline="")))
+        keep = [r for r in rows if None not in r and r.get("stage") in set(stages)]
+        if len(keep) != len(rows):
+            _rewrite_csv(path, STEP_FIELDS, keep)
+        return len(rows) - len(keep)
+
     def epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch row to ``log.csv`` (header written once)."""
         if self.run_dir is None:

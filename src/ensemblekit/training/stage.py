@@ -163,6 +163,11 @@ class Stage:
             before it), so packing may run it before earlier members train.
         packed: The member stages this stage trains together in one pass (``runtime.member_execution: packed``,
             see ``ensemblekit.training.packed_members``); ``None`` for an ordinary stage.
+        needs: The names of the earlier stages this stage depends on (it reads or changes what they trained);
+            ``None``: every stage before it (the sequential meaning), ``()``: none. Member-parallel training
+            (``runtime.parallel: members``, :mod:`ensemblekit.training.member_parallel`) runs stages that do not
+            need one another on different processes at the same time. A stage whose hooks change modules that
+            other stages train must keep ``None`` (or name them).
     """
 
     name: str
@@ -183,6 +188,7 @@ class Stage:
     stop: StopSpec | None = None
     hoist: bool = False
     packed: list[Stage] | None = None
+    needs: tuple[str, ...] | None = None
 
 
 def optim_from_train(train: TrainConfig) -> OptimSpec:

@@ -134,7 +134,8 @@ class Subnetwork(Method):
             tune = stage_from_train(f"child_{i}", child, train, epochs=o.child_epochs, optim=optim, schedule=schedule)
             tune.data_seed = self.member_seed(1 + i)
             make_hooks = StageHooks(at_end=[self._maker(ensemble, i, tune)])
-            make = Stage(f"child_{i}_make", child, 0, hooks=make_hooks, hoist=True)  # sets up child i alone
+            make = Stage(f"child_{i}_make", child, 0, hooks=make_hooks, hoist=True, needs=("parent",))  # child i alone
+            tune.needs = (make.name,)
             if o.family == "stochastic":
                 tune.hooks = StageHooks(after_step=[self._annealer(i, tune)], at_end=[self._finish_annealing(i)])
             stages += [make, tune]
