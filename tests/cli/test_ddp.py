@@ -33,7 +33,7 @@ def test_member_parallel_deep_ensemble_on_two_processes_equals_the_one_process_r
 
     import torch
 
-    from ensemblekit.config import config_from_dict
+    from ensemblekit.resolve import config_from_dict
     from ensemblekit.runs import train
 
     tiny = tiny_config(method={"name": "deep_ensemble", "members": 4}, train={"epochs": 2, "max_steps_per_epoch": 3})

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemblekit.config import config_from_dict
 from ensemblekit.errors import UserError
 from ensemblekit.metrics import TrainCostMeter
+from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.runs.loading import build_ensemble
 from ensemblekit.training.member_parallel import assign_ranks, merge_costs, stage_waves
