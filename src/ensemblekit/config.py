@@ -226,6 +226,18 @@ class RuntimeConfig(_Section):
             )
         return v
 
+    @model_validator(mode="after")
+    def _member_parallel(self) -> RuntimeConfig:
+        """``parallel: members`` trains each member on its own process: no packed members, csv logs only."""
+        if self.parallel == "members" and self.member_execution == "packed":
+            raise ValueError(
+                "parallel: members trains each member on its own process; it cannot pack members "
+                "(set runtime.member_execution: loop or auto)"
+            )
+        if self.parallel == "members" and self.logger == "tensorboard":
+            raise ValueError("parallel: members writes csv logs only (set runtime.logger: csv)")
+        return self
+
 
 class Config(_Section):
     """A whole run: ``data``, ``model``, ``method``, ``train``, ``runtime``."""

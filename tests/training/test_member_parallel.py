@@ -176,11 +176,12 @@ def test_a_killed_member_parallel_run_resumes_to_the_one_process_weights(tmp_pat
     ("runtime", "message"),
     [({"member_execution": "packed"}, "cannot pack members"), ({"logger": "tensorboard"}, "csv logs only")],
 )
-def test_member_parallel_refuses_what_it_cannot_combine_with(tmp_path, runtime, message):
-    cfg = config_from_dict(tiny_config(runtime={"accelerator": "cpu", "parallel": "members", **runtime}))
-    with pytest.raises(UserError, match=message):
-        train(cfg, tmp_path / "run", quiet=True)
-    assert not (tmp_path / "run").exists()
+def test_member_parallel_refuses_what_it_cannot_combine_with(runtime, message):
+    """Refused when the config loads (before any data or run directory), in one line naming the section."""
+    raw = tiny_config(runtime={"accelerator": "cpu", "parallel": "members", **runtime})
+    with pytest.raises(UserError, match=rf"^config error: runtime: parallel: members .*{message}") as err:
+        config_from_dict(raw)
+    assert "\n" not in str(err.value)
 
 
 def test_overwrite_removes_a_killed_member_parallel_runs_wave_files(tmp_path):

@@ -50,7 +50,6 @@ def train(
     data directly (:func:`ensemblekit.fit`) instead of the config's.
     """
     check_logger_available(cfg.runtime.logger)
-    check_member_parallel(cfg)
     run_dir = Path(out)
     fabric = make_fabric(cfg)
     data = load_run_data(cfg, quiet) if data is None else data  # missing data is refused before anything is written
@@ -157,20 +156,6 @@ def _train_run(cfg, run_dir, fabric, data, method, ensemble, resume, has_checkpo
         write_json(run_dir / "metrics.json", record)
         engine.logger.event("train_end", metrics=result["metrics"])
     return record
-
-
-def check_member_parallel(cfg: Config) -> None:
-    """Refuse, in one line, what ``runtime.parallel: members`` cannot be combined with."""
-    rt = cfg.runtime
-    if rt.parallel != "members":
-        return
-    if rt.member_execution == "packed":
-        raise UserError(
-            "runtime.parallel: members trains each member on its own process; it cannot pack members "
-            "(set runtime.member_execution: loop or auto)"
-        )
-    if rt.logger == "tensorboard":
-        raise UserError("runtime.parallel: members writes csv logs only (set runtime.logger: csv)")
 
 
 def member_parallel(cfg: Config, fabric) -> bool:
