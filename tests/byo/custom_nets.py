@@ -38,3 +38,23 @@ def make_loose(num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 NOT_CALLABLE = 3
+
+
+class _Exploding(TinyCNN):
+    """A TinyCNN whose logits are scaled by 1e30: its training loss explodes at the first step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 1e30
+
+
+_BUILT = [0]
+
+
+def make_every_second_exploding(num_classes: int = 10) -> nn.Module:
+    """Every second network this process builds explodes (members 1, 3, ... or 0, 2, ...: one parity).
+
+    Member-parallel training gives stage j to rank j mod 2, so on 2 processes exactly one process gets the
+    exploding members: the case where one rank fails and the other is healthy.
+    """
+    _BUILT[0] += 1
+    return (_Exploding if _BUILT[0] % 2 == 0 else TinyCNN)(num_classes)

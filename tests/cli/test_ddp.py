@@ -57,3 +57,14 @@ def test_member_parallel_deep_ensemble_on_two_processes_equals_the_one_process_r
     trained_on = {e["stage"]: e["rank"] for e in events if e["event"] == "stage_end"}
     assert trained_on == {"member_0": 0, "member_1": 1, "member_2": 0, "member_3": 1}
     assert not (out / "ranks").exists() and sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
+
+
+def test_member_parallel_stops_every_process_when_one_process_fails(write_config, tmp_path):
+    """Only one rank's members diverge; the healthy rank learns it after the wave and stops too (no hang)."""
+    tiny = tiny_config(method={"name": "deep_ensemble", "members": 4}, train={"epochs": 1, "max_steps_per_epoch": 2})
+    tiny["model"] = {"factory": "tests.byo.custom_nets:make_every_second_exploding"}
+    two = {**tiny["runtime"], "devices": 2, "strategy": "ddp", "parallel": "members"}
+    result = run_cli("train", str(write_config({**tiny, "runtime": two})), "--out", str(tmp_path / "run"), timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "training diverged" in result.stderr or "member-parallel: process 1 failed" in result.stderr
+    assert "Traceback" not in result.stderr

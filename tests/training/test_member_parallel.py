@@ -17,7 +17,7 @@ from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.resolve import config_from_dict
 from ensemblekit.runs import train
 from ensemblekit.runs.loading import build_ensemble
-from ensemblekit.training.member_parallel import assign_ranks, merge_costs, stage_waves
+from ensemblekit.training.member_parallel import assign_ranks, merge_costs, raise_wave_failures, stage_waves
 from ensemblekit.training.stage import Stage
 from tests.conftest import tiny_config
 
@@ -198,3 +198,12 @@ def test_overwrite_removes_a_killed_member_parallel_runs_wave_files(tmp_path):
         prepare_run_dir(run, resume=False, overwrite=False)
     prepare_run_dir(run, resume=False, overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == []
+
+
+def test_a_rank_that_failed_reraises_its_own_error_and_the_others_stop_naming_it():
+    own = ValueError("boom")
+    with pytest.raises(ValueError, match="boom"):
+        raise_wave_failures(own, [None, "boom"], rank=1)
+    with pytest.raises(UserError, match=r"^member-parallel: process 1 failed, so this process stops too: boom$"):
+        raise_wave_failures(None, [None, "boom"], rank=0)
+    raise_wave_failures(None, [None, None], rank=0)  # nobody failed: the wave goes on

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ensemblekit.errors import UserError
+from ensemblekit.errors import UserError, one_line
 from ensemblekit.metrics import TrainCostMeter
 from ensemblekit.training.checkpoint import load_checkpoint
 from ensemblekit.training.stage import Stage
@@ -201,6 +201,21 @@ def merge_rank_logs(logger, logs: list[dict[str, str]], order: list[str]) -> Non
             logger.event(kind, rank=rank, **record)
 
 
+def raise_wave_failures(error: BaseException | None, failures: list[str | None], rank: int) -> None:
+    """After a wave, every rank learns whether any rank failed, and all stop together.
+
+    ``failures`` holds every rank's one-line error (``None``: it finished its stages), gathered after the wave, so
+    a rank whose stages failed does not leave the others waiting at the next collective. The failing rank
+    re-raises its own exception (a divergence stays a ``UserError``, Ctrl-C stays an interrupt); the others stop
+    with a ``UserError`` naming the first failing rank.
+    """
+    if error is not None:
+        raise error
+    for other, message in enumerate(failures):
+        if message is not None and other != rank:
+            raise UserError(f"member-parallel: process {other} failed, so this process stops too: {message}")
+
+
 class MemberParallelRun:
     """Runs a recipe wave by wave across the processes of a launched Fabric.
 
@@ -246,10 +261,20 @@ class MemberParallelRun:
                 self._remove_rank_files()
         fresh = TrainCostMeter(self.local.cost_meter.single_forward_flops, self.local.cost_meter.train_set_size)
         self.local.cost_meter.load_state_dict(fresh.state_dict())
-        if mine:
-            self.local.run(mine, resume_from=resume)
+        error: BaseException | None = None
+        try:
+            if mine:
+                self.local.run(mine, resume_from=resume)
+        except BaseException as exc:  # every rank must hear of it (see raise_wave_failures)
+            if self.world == 1:
+                raise
+            error = exc
         if self.world > 1:
-            self.fabric.barrier()
+            import torch.distributed as dist
+
+            failures: list[Any] = [None] * self.world
+            dist.all_gather_object(failures, None if error is None else one_line(str(error) or type(error).__name__))
+            raise_wave_failures(error, failures, self.rank)
             broadcast_changes(tensors, before, self.rank, self.world)
 
     def _finish_wave(self, stages: list[Stage], wave_names: list[str], done: list[str]) -> None:
