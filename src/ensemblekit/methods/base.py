@@ -35,6 +35,10 @@ BUILTIN_MODELS = frozenset(list_models())
 """The models ensemblekit registers itself (all :class:`~ensemblekit.models.Backbone`); others are custom."""
 
 
+NEEDS_STAGES = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
+"""The ``requires`` of methods that split a backbone by stage (:meth:`Method.split_stage_count`)."""
+
+
 class RunReader(Protocol):
     """How a method reads another finished run (a distillation teacher, a subnetwork or FGE parent).
 
@@ -270,6 +274,17 @@ class Method:
             label = cfg.model.factory or repr(cfg.model.name)
             field = "model.factory" if cfg.model.factory is not None else "model.name"
             raise config_error(field, f"method {cls.name} cannot use the custom model {label}: {cls.requires}")
+
+    @classmethod
+    def split_stage_count(cls, cfg: Config) -> int | None:
+        """Stages K of the backbone a method splits stage by stage (fission's paths, TreeNet's trunk and branches).
+
+        A custom module must name its stage boundaries (``model.stages``), else it is refused in one line; ``None``
+        when K is known only once the backbone is built (a registered custom builder).
+        """
+        if not cfg.model.stages:
+            cls.refuse_custom_model(cfg)
+        return stage_count(cfg)
 
     def single_backbone(self) -> nn.Module:
         """The single network the costs are compared against (the config's backbone, no dropout)."""

@@ -20,7 +20,7 @@ from torch import nn
 from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
 from ensemblekit.errors import config_error
-from ensemblekit.methods.base import METHODS, Method, MethodOptions, stage_count
+from ensemblekit.methods.base import METHODS, NEEDS_STAGES, Method, MethodOptions
 from ensemblekit.training.stage import Stage, stage_from_train
 
 
@@ -77,14 +77,12 @@ class TreeNet(Method):
 
     Options = TreeNetOptions
     summary = "shared trunk + M branches, summed loss (Lee et al., 2015)"
-    requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
+    requires = NEEDS_STAGES
 
     @classmethod
     def check_config(cls, cfg: Config, options: TreeNetOptions) -> None:
         """A backbone with stages (built in, or ``model.stages``), at least ``shared_stages`` of them."""
-        if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
-            cls.refuse_custom_model(cfg)
-        stages = stage_count(cfg)
+        stages = cls.split_stage_count(cfg)
         if stages is not None:  # else checked when the backbone is built
             check_shared_stages(options.shared_stages, stages)
 

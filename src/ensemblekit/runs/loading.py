@@ -203,16 +203,24 @@ class LoadedRun:
         return probs
 
 
+def trained_ensemble(run_dir: Path, cfg: Config, num_classes: int, train_size: int) -> Ensemble:
+    """A finished run's ensemble as ``cfg`` builds it, with its ``model.pt`` weights (another config's are refused)."""
+    model_path = Path(run_dir) / "model.pt"
+    if not model_path.is_file():
+        raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
+    _, ensemble = build_ensemble(cfg, num_classes, train_size)
+    load_model_into(model_path, ensemble, cfg)
+    return ensemble
+
+
 def load_run(run_dir: str | Path, batch_size: int | None = None) -> LoadedRun:
     """Rebuild a finished run's ensemble from ``config.yaml`` and ``model.pt`` (as ``ensemblekit evaluate`` does)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    model_path = run_dir / "model.pt"
-    if not model_path.is_file():
+    if not (run_dir / "model.pt").is_file():  # refused before the data load
         raise UserError(f"{run_dir} has no model.pt (the run has not finished)")
     data = load_run_data(cfg)
-    _, ensemble = build_ensemble(cfg, data.num_classes, len(data.train.labels))
-    load_model_into(model_path, ensemble, cfg)
+    ensemble = trained_ensemble(run_dir, cfg, data.num_classes, len(data.train.labels))
     wants_gpu = cfg.runtime.accelerator in ("auto", "cuda", "gpu")
     device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
     ensemble.to(device)
@@ -248,11 +256,7 @@ class RunFiles:
         return recorded_costs(run_dir)
 
     def trained_ensemble(self, run_dir: Path, num_classes: int, train_size: int) -> nn.Module:
-        run_dir = Path(run_dir)
-        cfg = read_run_config(run_dir)
-        _, ensemble = build_ensemble(cfg, num_classes, train_size)
-        load_model_into(run_dir / "model.pt", ensemble, cfg)
-        return ensemble
+        return trained_ensemble(Path(run_dir), read_run_config(Path(run_dir)), num_classes, train_size)
 
 
 RUN_FILES = RunFiles()

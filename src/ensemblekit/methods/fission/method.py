@@ -34,7 +34,7 @@ from torch import nn
 
 from ensemblekit.config import Config
 from ensemblekit.ensemble import Ensemble
-from ensemblekit.methods.base import METHODS, Method, MethodOptions, RecordContext, meta_backbone, stage_count
+from ensemblekit.methods.base import METHODS, NEEDS_STAGES, Method, MethodOptions, RecordContext, meta_backbone
 from ensemblekit.methods.fission.build import (
     check_exits,
     masked_fission,
@@ -147,14 +147,12 @@ class Fission(Method):
 
     Options = FissionOptions
     summary = "one pruned network split into a multi-exit ensemble (Lee & Lee, 2024)"
-    requires = "it needs stage boundaries: set model.stages to the layers where each stage, then the head, begins"
+    requires = NEEDS_STAGES
 
     @classmethod
     def check_config(cls, cfg: Config, options: FissionOptions) -> None:
         """N exits need N backbone stages; ``grouping: channels`` needs a residual family (built-in backbones)."""
-        if not cfg.model.stages:  # a custom module needs named stage boundaries (model.stages)
-            cls.refuse_custom_model(cfg)
-        stages = stage_count(cfg)
+        stages = cls.split_stage_count(cfg)
         if stages is not None:  # else checked when the backbone is built
             check_exits(stages, options.members)
         net = meta_backbone(cfg)
